@@ -1,0 +1,53 @@
+"""Read ``KAPATCH_*`` environment variables into a settings layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ._errors import ConfigError
+from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, suggest
+
+__all__ = ["ENV_PREFIX", "INTERNAL_PREFIX", "env_name", "read_env"]
+
+ENV_PREFIX = "KAPATCH_"
+INTERNAL_PREFIX = "KAPATCH__"
+"""Variables kapatch sets for itself (e.g. across ``kapatch run``); never user settings."""
+
+
+def env_name(key: str, adapter: str | None = None) -> str:
+    """``idle`` -> ``KAPATCH_IDLE``; ``("idle", "redis")`` -> ``KAPATCH_REDIS_IDLE``."""
+    parts = [adapter, key] if adapter else [key]
+    return ENV_PREFIX + "_".join(p.upper().replace("-", "_") for p in parts)
+
+
+def read_env(environ: Mapping[str, str], adapter_names: Iterable[str]) -> Layer:
+    """Parse every ``KAPATCH_*`` variable; an unknown one is an error, not silence.
+
+    An empty value counts as unset, as orchestrators often template empty strings.
+    """
+    layer = Layer("environment")
+    known: dict[str, tuple[str | None, str]] = {env_name(key): (None, key) for key in GLOBAL_SETTINGS}
+    for adapter in adapter_names:
+        for key in ADAPTER_FIELDS:
+            known[env_name(key, adapter)] = (adapter, key)
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable.startswith(INTERNAL_PREFIX):
+            continue
+        raw = environ[variable]
+        if raw.strip() == "":
+            continue
+        if variable not in known:
+            raise ConfigError(
+                variable,
+                raw,
+                "not a kapatch setting"
+                + suggest(variable, known)
+                + "; see `kapatch doctor` or the README for the list",
+            )
+        owner, key = known[variable]
+        source = f"env {variable}"
+        if owner is None:
+            layer.set(key, GLOBAL_SETTINGS[key](raw, variable), source)
+        else:
+            layer.set_adapter(owner, key, ADAPTER_FIELDS[key](raw, variable), source)
+    return layer

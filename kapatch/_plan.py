@@ -1,0 +1,50 @@
+"""A compiled policy: the exact socket operations one platform needs, computed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .policy import Policy
+
+__all__ = ["IoctlOp", "Plan", "SockOpt"]
+
+
+@dataclass(frozen=True, slots=True)
+class SockOpt:
+    """One ``setsockopt(level, option, value)`` call."""
+
+    name: str
+    """The option's C name, e.g. ``TCP_KEEPIDLE``, for logs and reports."""
+    level: int
+    option: int
+    value: int
+    field: str
+    """The policy field this carries: enabled, idle, interval, count or user_timeout."""
+    optional: bool = False
+    """Exists only on newer OS versions; a failure is noted as unsupported, not as an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class IoctlOp:
+    """One ``sock.ioctl(control, value)`` call (Windows SIO_KEEPALIVE_VALS)."""
+
+    name: str
+    control: int
+    value: tuple[int, int, int]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What applying *policy* means on *platform*."""
+
+    platform: str
+    policy: Policy
+    ioctls: tuple[IoctlOp, ...] = ()
+    setsockopts: tuple[SockOpt, ...] = ()
+    unsupported: tuple[str, ...] = ()
+    """Policy fields this platform cannot carry, each with the reason."""
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.ioctls and not self.setsockopts

@@ -1,0 +1,118 @@
+"""Read a kapatch TOML file (or ``[tool.kapatch]`` of a pyproject.toml) into a settings layer.
+
+```toml
+profile = "aws"
+user_timeout = "auto"
+exclude = ["10.0.0.0/8", "*.internal:5432"]
+
+[redis]            # one table per adapter: socket, urllib3, redis, psycopg, ...
+idle = "10s"
+
+[[rule]]           # per-destination rules, first match wins
+match = "*.cache.amazonaws.com:6379"
+profile = "fast-failover"
+```
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, suggest
+from .rules import Rule
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 by the version matrix
+    import tomli as tomllib
+
+__all__ = ["read_toml"]
+
+_RULE_KEYS = ("match", "skip", "profile", "adapters", "idle", "interval", "count",
+              "user_timeout", "enabled")  # fmt: skip
+
+
+def read_toml(path: str, adapter_names: Iterable[str], setting: str = "config") -> Layer:
+    """Parse *path*; every unknown key is an error naming the file and the key."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(setting, path, f"cannot read the file: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(setting, path, f"not valid TOML: {error}") from None
+    if Path(path).name == "pyproject.toml":
+        data = data.get("tool", {}).get("kapatch", {})
+    adapters = set(adapter_names)
+    layer = Layer(f"file {path}")
+    for key, value in data.items():
+        where = f"{path}: {key}"
+        if key == "rule":
+            _read_rules(layer, value, path, adapters)
+        elif key in adapters and isinstance(value, dict):
+            _read_adapter(layer, key, value, path)
+        elif key in GLOBAL_SETTINGS and key != "config":
+            layer.set(key, GLOBAL_SETTINGS[key](value, where), f"file {where}")
+        else:
+            allowed = [*GLOBAL_SETTINGS, "rule", *adapters]
+            raise ConfigError(
+                where,
+                value,
+                "unknown key"
+                + suggest(key, allowed)
+                + f"; keys are {', '.join(k for k in allowed if k != 'config')}",
+            )
+    return layer
+
+
+def _read_adapter(layer: Layer, adapter: str, table: dict[str, Any], path: str) -> None:
+    for key, value in table.items():
+        where = f"{path}: [{adapter}] {key}"
+        if key not in ADAPTER_FIELDS:
+            raise ConfigError(
+                where,
+                value,
+                "unknown key"
+                + suggest(key, ADAPTER_FIELDS)
+                + f"; an adapter table takes {', '.join(ADAPTER_FIELDS)}",
+            )
+        layer.set_adapter(adapter, key, ADAPTER_FIELDS[key](value, where), f"file {where}")
+
+
+def _read_rules(layer: Layer, rules: object, path: str, adapters: set[str]) -> None:
+    if not isinstance(rules, list):
+        raise ConfigError(f"{path}: rule", rules, "an array of tables: [[rule]]")
+    for number, table in enumerate(rules, start=1):
+        where = f"{path}: [[rule]] #{number}"
+        if not isinstance(table, dict):
+            raise ConfigError(where, table, "a table")
+        unknown = [key for key in table if key not in _RULE_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"{where} {unknown[0]}",
+                table[unknown[0]],
+                "unknown key" + suggest(unknown[0], _RULE_KEYS) + f"; a rule takes {', '.join(_RULE_KEYS)}",
+            )
+        if "match" not in table:
+            raise ConfigError(where, table, 'a rule needs match = "<CIDR, host glob or :port>"')
+        fields = {k: v for k, v in table.items() if k not in ("match", "skip", "profile", "adapters")}
+        only = table.get("adapters")
+        if only is not None and (not isinstance(only, list) or any(n not in adapters for n in only)):
+            raise ConfigError(f"{where} adapters", only, f"a list of {', '.join(sorted(adapters))}")
+        skip = table.get("skip", False)
+        if not isinstance(skip, bool):
+            raise ConfigError(f"{where} skip", skip, "true or false")
+        layer.rules.append(
+            Rule.build(
+                table["match"],
+                skip=skip,
+                profile=table.get("profile"),
+                adapters=only,
+                source=f"file {where}",
+                setting=where,
+                **fields,
+            )
+        )

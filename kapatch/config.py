@@ -1,0 +1,228 @@
+"""Sources -> one :class:`Config`, merged once at install.
+
+Precedence, highest first: explicit arguments > environment > TOML file > profile >
+built-in default. Each setting is taken from the highest source that sets it;
+the profile (chosen by the highest source that names one) fills the policy fields
+no source sets. Per-adapter settings work the same way on top of the global policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from ._env import read_env
+from ._errors import ConfigError
+from ._registry import adapter_names
+from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, Setting
+from ._toml import read_toml
+from .policy import POLICY_FIELDS, Mode, Policy
+from .profiles import DEFAULT_PROFILE, get_profile
+from .rules import Rule
+
+__all__ = ["AdapterConfig", "Config", "load_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterConfig:
+    """The settings one adapter runs with."""
+
+    name: str
+    policy: Policy
+    mode: Mode
+    sources: Mapping[str, str]
+    """Where each policy field and the mode came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The merged, validated configuration. Build it with :func:`load_config`."""
+
+    enabled: bool = True
+    profile: str = DEFAULT_PROFILE
+    policy: Policy = field(default_factory=lambda: get_profile(DEFAULT_PROFILE).policy)
+    mode: Mode = Mode.RESPECT
+    adapters: frozenset[str] | None = None
+    """Adapters to enable; ``None``: every one that is available."""
+    disabled_adapters: frozenset[str] = frozenset()
+    """Adapters never to enable; ``"*"`` disables all."""
+    adapter_configs: Mapping[str, AdapterConfig] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()
+    on_error: Literal["warn", "raise"] = "warn"
+    log_level: int = logging.WARNING
+    config_file: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def wants_adapter(self, name: str) -> bool:
+        """Whether the configuration selects adapter *name* (availability aside)."""
+        if "*" in self.disabled_adapters or name in self.disabled_adapters:
+            return False
+        return self.adapters is None or name in self.adapters
+
+    def for_adapter(self, name: str) -> AdapterConfig:
+        """The policy and mode adapter *name* runs with."""
+        found = self.adapter_configs.get(name)
+        if found is not None:
+            return found
+        inherited = {key: self.sources.get(key, "default") for key in (*POLICY_FIELDS, "mode")}
+        return AdapterConfig(name, self.policy, self.mode, MappingProxyType(inherited))
+
+
+def load_config(
+    *,
+    environ: Mapping[str, str] | None = None,
+    adapter_names_: Iterable[str] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+    rules: Iterable[Rule] = (),
+    **arguments: object,
+) -> Config:
+    """Merge arguments, environment (default ``os.environ``), TOML file and profile.
+
+    *arguments* take the names of the TOML keys (``profile``, ``idle``, ``mode``,
+    ``adapters``, ``exclude``, ``config``, ...); *overrides* maps an adapter name to
+    its own settings (``{"redis": {"idle": "10s"}}``). Raises :class:`ConfigError`.
+    """
+    names = tuple(adapter_names_) if adapter_names_ is not None else adapter_names()
+    args = _argument_layer(arguments, overrides or {}, rules, names)
+    env = read_env(os.environ if environ is None else environ, names)
+    layers = [args, env]
+    config_path = _highest(layers, "config")
+    if config_path is not None:
+        layers.append(read_toml(config_path.value, names, setting=_setting_name(config_path)))
+    return _merge(layers, names, config_path.value if config_path else None)
+
+
+def _setting_name(setting: Setting) -> str:
+    return setting.source.removeprefix("env ") if setting.source.startswith("env ") else "config"
+
+
+def _argument_layer(
+    arguments: Mapping[str, object],
+    overrides: Mapping[str, Mapping[str, object]],
+    rules: Iterable[Rule],
+    names: tuple[str, ...],
+) -> Layer:
+    layer = Layer("arguments")
+    for key, value in arguments.items():
+        if key not in GLOBAL_SETTINGS:
+            raise ConfigError(key, value, f"not a kapatch setting; settings are {', '.join(GLOBAL_SETTINGS)}")
+        if value is not None:
+            layer.set(key, GLOBAL_SETTINGS[key](value, key), "argument")
+    for adapter, settings in overrides.items():
+        if adapter not in names:
+            raise ConfigError("overrides", adapter, f"an adapter: {', '.join(names)}")
+        for key, value in settings.items():
+            setting = f"overrides[{adapter!r}][{key!r}]"
+            if key not in ADAPTER_FIELDS:
+                raise ConfigError(setting, value, f"one of {', '.join(ADAPTER_FIELDS)}")
+            layer.set_adapter(adapter, key, ADAPTER_FIELDS[key](value, setting), "argument")
+    for rule in rules:
+        if not isinstance(rule, Rule):
+            raise ConfigError("rules", rule, "kapatch.Rule objects, e.g. Rule.build('10.0.0.0/8', skip=True)")
+        layer.rules.append(rule)
+    return layer
+
+
+def _highest(layers: list[Layer], key: str) -> Setting | None:
+    for layer in layers:
+        if key in layer.settings:
+            return layer.settings[key]
+    return None
+
+
+def _highest_adapter(layers: list[Layer], adapter: str, key: str) -> Setting | None:
+    for layer in layers:
+        found = layer.adapters.get(adapter, {}).get(key)
+        if found is not None:
+            return found
+    return None
+
+
+def _policy(
+    base: Policy, base_sources: Mapping[str, str], pick: Any, label: str
+) -> tuple[Policy, dict[str, str]]:
+    values: dict[str, object] = {}
+    sources = dict(base_sources)
+    for name in POLICY_FIELDS:
+        found = pick(name)
+        if found is not None:
+            values[name] = found.value
+            sources[name] = found.source
+    try:
+        return replace(base, **values), sources  # type: ignore[arg-type]  # parsed values
+    except ConfigError as error:  # a combination, e.g. idle set but the profile keeps OS timings
+        where = ", ".join(sorted({sources[n] for n in values})) or label
+        raise ConfigError(f"{error.setting} ({where})", error.value, error.allowed) from None
+
+
+def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None) -> Config:
+    def pick(key: str) -> Setting | None:
+        return _highest(layers, key)
+
+    profile_setting = pick("profile")
+    profile = get_profile(profile_setting.value if profile_setting else DEFAULT_PROFILE)
+    profile_source = f"profile {profile.name}" + (f" ({profile_setting.source})" if profile_setting else "")
+    policy, sources = _policy(profile.policy, dict.fromkeys(POLICY_FIELDS, profile_source), pick, "policy")
+    mode_setting = pick("mode")
+    mode = mode_setting.value if mode_setting else Mode.RESPECT
+    sources["mode"] = mode_setting.source if mode_setting else "default"
+
+    adapter_configs: dict[str, AdapterConfig] = {}
+    for adapter in names:
+        if not any(adapter in layer.adapters for layer in layers):
+            continue
+        own = _highest_adapter(layers, adapter, "profile")
+        if own is not None:
+            base = get_profile(own.value).policy
+            base_sources = dict.fromkeys(POLICY_FIELDS, f"profile {own.value} ({own.source})")
+        else:
+            base, base_sources = policy, {k: sources[k] for k in POLICY_FIELDS}
+        adapter_policy, adapter_sources = _policy(
+            base, base_sources, lambda key, a=adapter: _highest_adapter(layers, a, key), adapter
+        )
+        own_mode = _highest_adapter(layers, adapter, "mode")
+        adapter_sources["mode"] = own_mode.source if own_mode else sources["mode"]
+        adapter_configs[adapter] = AdapterConfig(
+            adapter, adapter_policy, own_mode.value if own_mode else mode, MappingProxyType(adapter_sources)
+        )
+
+    for key in ("adapters", "disabled_adapters"):
+        chosen = pick(key)
+        unknown = [n for n in (chosen.value if chosen else ()) if n not in names and n != "*"]
+        if chosen is not None and unknown:
+            raise ConfigError(
+                _source_setting(chosen), ",".join(chosen.value), f"adapters are {', '.join(names)} (or *)"
+            )
+    selected = pick("adapters")
+    disabled = pick("disabled_adapters")
+    exclude = pick("exclude")
+    rules = [*(exclude.value if exclude else ()), *(r for layer in layers for r in layer.rules)]
+    enabled = pick("enabled")
+    on_error = pick("on_error")
+    log_level = pick("log_level")
+    for key in ("enabled", "adapters", "disabled_adapters", "exclude", "on_error", "log_level", "config"):
+        found = pick(key)
+        sources[key] = found.source if found else "default"
+    sources["profile"] = profile_setting.source if profile_setting else "default"
+    return Config(
+        enabled=enabled.value if enabled else True,
+        profile=profile.name,
+        policy=policy,
+        mode=mode,
+        adapters=frozenset(selected.value) - {"*"} if selected and "*" not in selected.value else None,
+        disabled_adapters=frozenset(disabled.value) if disabled else frozenset(),
+        adapter_configs=MappingProxyType(adapter_configs),
+        rules=tuple(rules),
+        on_error=on_error.value if on_error else "warn",
+        log_level=log_level.value if log_level else logging.WARNING,
+        config_file=config_file,
+        sources=MappingProxyType(sources),
+    )
+
+
+def _source_setting(setting: Setting) -> str:
+    return setting.source.split(" ", 1)[1] if " " in setting.source else setting.source

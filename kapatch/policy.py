@@ -1,0 +1,255 @@
+"""The keepalive policy: a frozen, validated value object."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal, TypeAlias
+
+from ._durations import DURATION_HELP, parse_duration_ms
+from ._errors import ConfigError
+
+__all__ = [
+    "MAX_COUNT",
+    "MAX_IDLE_S",
+    "MAX_INTERVAL_S",
+    "MAX_USER_TIMEOUT_MS",
+    "POLICY_FIELDS",
+    "Mode",
+    "Policy",
+    "UserTimeout",
+    "parse_policy_fields",
+]
+
+# Linux limits (include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
+# They are also the tightest of the platforms kapatch maps to, so one policy is valid everywhere.
+MAX_IDLE_S = 32767
+MAX_INTERVAL_S = 32767
+MAX_COUNT = 127
+# The kernel keeps TCP_USER_TIMEOUT as u32 ms, but setsockopt() from Python passes a C int.
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+
+UserTimeout: TypeAlias = "int | Literal['auto', 'off']"
+"""Milliseconds, ``"auto"`` (idle + interval * count) or ``"off"`` (the kernel's retransmission limit)."""
+
+POLICY_FIELDS = ("enabled", "idle", "interval", "count", "user_timeout")
+
+
+class Mode(str, enum.Enum):
+    """Whose settings win on a connection the application configured itself."""
+
+    RESPECT = "respect"
+    """An option the application set explicitly wins; a library's own default does not."""
+    OVERRIDE = "override"
+    """The policy wins, always."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How a TCP connection notices a dead peer.
+
+    A peer that vanished is detected ``idle + interval * count`` seconds after the
+    last packet when the connection is idle, and ``user_timeout`` after the first
+    unacknowledged send when data is in flight.
+
+    ``idle``, ``interval`` and ``count`` of ``None`` keep the operating system's own
+    timings (SO_KEEPALIVE only). Build from strings with :meth:`parse` or :meth:`evolve`.
+    """
+
+    idle: int | None = 60
+    """Seconds of silence before the first keepalive probe (TCP_KEEPIDLE)."""
+    interval: int | None = 10
+    """Seconds between unanswered probes (TCP_KEEPINTVL)."""
+    count: int | None = 5
+    """Unanswered probes before the connection is declared dead (TCP_KEEPCNT)."""
+    user_timeout: UserTimeout = "auto"
+    """Milliseconds sent data may stay unacknowledged (TCP_USER_TIMEOUT), ``"auto"`` or ``"off"``."""
+    enabled: bool = True
+    """``False`` leaves connections exactly as the application made them."""
+
+    def __post_init__(self) -> None:
+        for name in POLICY_FIELDS:
+            _validate_field(name, getattr(self, name), name)
+        timings = (self.idle, self.interval, self.count)
+        if None in timings and timings != (None, None, None):
+            raise ConfigError(
+                "idle/interval/count",
+                timings,
+                "give all three, or none of them to keep the OS timings",
+            )
+        auto = self._auto_user_timeout_ms()
+        if self.user_timeout == "auto" and auto is not None and auto > MAX_USER_TIMEOUT_MS:
+            raise ConfigError(
+                "user_timeout",
+                "auto",
+                f"idle + interval * count = {auto} ms exceeds {MAX_USER_TIMEOUT_MS} ms; "
+                "set user_timeout explicitly or shorten the policy",
+            )
+
+    @classmethod
+    def parse(cls, values: Mapping[str, object], *, setting_name: Callable[[str], str] = str) -> Policy:
+        """Build a policy from raw values (``"45s"``, ``"1500ms"``, ``"auto"``, ``"true"``)."""
+        return cls(**parse_policy_fields(values, setting_name=setting_name))  # type: ignore[arg-type]
+
+    def evolve(self, **changes: object) -> Policy:
+        """Return a copy with *changes*, parsed like :meth:`parse`."""
+        return replace(self, **parse_policy_fields(changes))  # type: ignore[arg-type]
+
+    @property
+    def keeps_os_timings(self) -> bool:
+        """True when only SO_KEEPALIVE is set and the OS chooses the timings."""
+        return self.idle is None
+
+    @property
+    def user_timeout_ms(self) -> int | None:
+        """The TCP_USER_TIMEOUT to set, in milliseconds, or ``None`` to leave it alone."""
+        if self.user_timeout == "off":
+            return None
+        if self.user_timeout == "auto":
+            return self._auto_user_timeout_ms()
+        return self.user_timeout
+
+    @property
+    def detection_bound_s(self) -> int | None:
+        """Seconds from the last packet to the error on an idle connection: idle + interval * count."""
+        if self.idle is None or self.interval is None or self.count is None:
+            return None
+        return self.idle + self.interval * self.count
+
+    def _auto_user_timeout_ms(self) -> int | None:
+        bound = self.detection_bound_s
+        return None if bound is None else bound * 1000
+
+    def describe(self) -> str:
+        """One line for logs and the CLI, e.g. ``idle 60s, interval 10s, count 5, user timeout 110000ms``."""
+        if not self.enabled:
+            return "disabled"
+        if self.keeps_os_timings:
+            timings = "OS keepalive timings"
+        else:
+            timings = f"idle {self.idle}s, interval {self.interval}s, count {self.count}"
+        timeout = self.user_timeout_ms
+        shown = "off" if timeout is None else f"{timeout}ms"
+        if self.user_timeout == "auto" and timeout is not None:
+            shown += " (auto)"
+        return f"{timings}, user timeout {shown}"
+
+
+_BOOL_WORDS = {
+    "1": True, "true": True, "yes": True, "on": True,
+    "0": False, "false": False, "no": False, "off": False,
+}  # fmt: skip
+
+
+def parse_bool(value: object, setting: str) -> bool:
+    """``true/false, 1/0, yes/no, on/off`` (any case) or a real bool."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(setting, value, "a boolean: true/false, 1/0, yes/no, on/off")
+
+
+def _whole_seconds(value: object, setting: str, limit: int) -> int | None:
+    if value is None:
+        return None
+    millis = parse_duration_ms(value, setting)
+    allowed = f"1s to {limit}s, in whole seconds (the kernel counts keepalive time in seconds)"
+    if millis % 1000:
+        raise ConfigError(setting, value, allowed)
+    seconds = millis // 1000
+    if not 1 <= seconds <= limit:
+        raise ConfigError(setting, value, allowed)
+    return seconds
+
+
+def _count(value: object, setting: str) -> int | None:
+    if value is None:
+        return None
+    allowed = f"a whole number of probes from 1 to {MAX_COUNT}"
+    if isinstance(value, bool):
+        raise ConfigError(setting, value, allowed)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdecimal():
+            raise ConfigError(setting, value, allowed)
+        number = int(text)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise ConfigError(setting, value, allowed)
+    if not 1 <= number <= MAX_COUNT:
+        raise ConfigError(setting, value, allowed)
+    return number
+
+
+def _user_timeout(value: object, setting: str) -> UserTimeout:
+    allowed = f'"auto", "off", or {DURATION_HELP}, from 1ms to {MAX_USER_TIMEOUT_MS}ms'
+    if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+        return value.strip().lower()  # type: ignore[return-value]
+    try:
+        millis = parse_duration_ms(value, setting)
+    except ConfigError:
+        raise ConfigError(setting, value, allowed) from None
+    if not 1 <= millis <= MAX_USER_TIMEOUT_MS:
+        raise ConfigError(setting, value, allowed + ' (use "off" for no user timeout)')
+    return millis
+
+
+_PARSERS: dict[str, Callable[[object, str], object]] = {
+    "enabled": parse_bool,
+    "idle": lambda value, setting: _whole_seconds(value, setting, MAX_IDLE_S),
+    "interval": lambda value, setting: _whole_seconds(value, setting, MAX_INTERVAL_S),
+    "count": _count,
+    "user_timeout": _user_timeout,
+}
+
+
+_RANGES: dict[str, tuple[int, int]] = {
+    "idle": (1, MAX_IDLE_S),
+    "interval": (1, MAX_INTERVAL_S),
+    "count": (1, MAX_COUNT),
+    "user_timeout": (1, MAX_USER_TIMEOUT_MS),
+}
+
+
+def _validate_field(name: str, value: object, setting: str) -> None:
+    """Constructor check of canonical values; strings go through Policy.parse()."""
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise ConfigError(setting, value, "a bool")
+        return
+    if value is None and name != "user_timeout":
+        return
+    if name == "user_timeout" and value in ("auto", "off"):
+        return
+    low, high = _RANGES[name]
+    unit = {"idle": "s", "interval": "s", "count": " probes", "user_timeout": "ms"}[name]
+    allowed = f"an int from {low} to {high}{unit}"
+    if name == "user_timeout":
+        allowed += ', "auto" or "off"'
+    elif name != "count" or value is not None:
+        allowed += ", or None for the OS timings"
+    if isinstance(value, str):
+        allowed += " (use Policy.parse() to read strings such as '45s')"
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(setting, value, allowed)
+
+
+def parse_policy_fields(
+    values: Mapping[str, object], *, setting_name: Callable[[str], str] = str
+) -> dict[str, object]:
+    """Parse raw policy values into canonical ones, naming each setting in errors."""
+    known = {f.name for f in fields(Policy)}
+    parsed: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(
+                setting_name(name), value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}"
+            )
+        parsed[name] = _PARSERS[name](value, setting_name(name))
+    return parsed

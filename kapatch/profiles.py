@@ -1,0 +1,93 @@
+"""Built-in named policies, each justified by the idle timeouts of real middleboxes.
+
+The rule behind every timed profile: ``idle + interval * count`` (the time to
+declare a silent peer dead) stays below the idle timeout of the boxes it is
+named for, so the first probe refreshes the flow long before the box forgets
+it, and a peer that really vanished is noticed before the box would have
+silently dropped the flow anyway. Figures: ``RESEARCH.md`` and the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from ._errors import ConfigError
+from .policy import Policy
+
+__all__ = ["DEFAULT_PROFILE", "PROFILES", "Profile", "get_profile"]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A named policy and the reason for its numbers."""
+
+    name: str
+    policy: Policy
+    reason: str
+
+
+DEFAULT_PROFILE = "balanced"
+
+_PROFILES = (
+    Profile(
+        "balanced",
+        Policy(idle=60, interval=10, count=5),
+        "First probe at 60 s, dead after 110 s: under every L4 idle timeout listed "
+        "(Azure LB/NAT 240 s, AWS NLB/NAT Gateway 350 s, IPVS 900 s, GCP Cloud NAT 1200 s), "
+        "at one 54-byte probe a minute per idle connection.",
+    ),
+    Profile(
+        "aws",
+        Policy(idle=180, interval=20, count=4),
+        "AWS NLB, NAT Gateway, Gateway LB and Network Firewall forget idle flows after 350 s "
+        "(NAT Gateway then answers with RST). First probe at 180 s; dead after 260 s, "
+        "still inside 350 s even when probes are lost.",
+    ),
+    Profile(
+        "azure",
+        Policy(idle=120, interval=15, count=4),
+        "Azure Load Balancer and NAT Gateway default to a 4 min (240 s) idle timeout and "
+        "drop silently. First probe at 120 s; dead after 180 s, inside 240 s.",
+    ),
+    Profile(
+        "gcp",
+        Policy(idle=300, interval=30, count=5),
+        "GCP VPC firewall connection tracking forgets idle flows after 10 min (600 s); "
+        "Cloud NAT after 1200 s. First probe at 300 s; dead after 450 s, inside 600 s.",
+    ),
+    Profile(
+        "kubernetes",
+        Policy(idle=120, interval=20, count=5),
+        "kube-proxy IPVS and Docker Swarm forget idle flows after 900 s, and clusters usually "
+        "sit behind a cloud NAT too; dead after 220 s keeps under the strictest of those "
+        "(Azure, 240 s) and well under IPVS.",
+    ),
+    Profile(
+        "fast-failover",
+        Policy(idle=10, interval=5, count=3),
+        "For fail-over of databases and caches: a vanished peer is detected 25 s after the "
+        "last packet, and unacknowledged data gives up after the same 25 s (user timeout). "
+        "Costs one probe every 10 s per idle connection.",
+    ),
+    Profile(
+        "os-default",
+        Policy(idle=None, interval=None, count=None, user_timeout="off"),
+        "SO_KEEPALIVE on with the kernel's own timings (Linux: 7200 s, then 9 probes 75 s "
+        "apart): what most libraries' keepalive=True does. Only for hosts whose sysctls are "
+        "already tuned.",
+    ),
+)
+
+PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in _PROFILES})
+"""Every built-in profile by name."""
+
+
+def get_profile(name: str, setting: str = "profile") -> Profile:
+    """The profile called *name*, or a ConfigError listing the names there are."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    try:
+        return PROFILES[key]
+    except (KeyError, TypeError):
+        raise ConfigError(setting, name, f"one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,190 @@
+"""Per-destination rules: match a connection's peer (CIDR, host glob, port) -> change or skip."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal, TypeAlias
+
+from ._errors import ConfigError
+from .policy import Policy, parse_policy_fields
+from .profiles import get_profile
+
+__all__ = ["Destination", "Matcher", "Rule", "first_match", "parse_matcher"]
+
+Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+
+PATTERN_HELP = (
+    "a CIDR (10.0.0.0/8, [fd00::/8]), an IP, a host glob (*.internal), or '*', "
+    "each with an optional :port (db.internal:5432, [::1]:6379, *:5432)"
+)
+_HOST_GLOB = re.compile(r"[A-Za-z0-9_.*?\-\[\]!]+")
+_LOOKS_NUMERIC = re.compile(r"[0-9./]+|.*:.*:.*")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a connection goes, as far as the adapter knows it."""
+
+    host: str | None = None
+    """The name the application asked for (may itself be an IP literal)."""
+    address: str | None = None
+    """The IP the socket connects to, when known."""
+    port: int | None = None
+
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        for candidate in (self.address, self.host):
+            if candidate:
+                try:
+                    return ipaddress.ip_address(candidate.split("%", 1)[0])
+                except ValueError:
+                    continue
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One destination pattern. A field left ``None`` matches anything."""
+
+    network: Network | None = None
+    host_glob: str | None = None
+    port: int | None = None
+    text: str = "*"
+
+    def matches(self, destination: Destination) -> bool:
+        if self.port is not None and destination.port != self.port:
+            return False
+        if self.network is not None:
+            ip = destination.ip()
+            if ip is None or ip.version != self.network.version or ip not in self.network:
+                return False
+        if self.host_glob is not None:
+            host = destination.host
+            if host is None or not fnmatch.fnmatchcase(host.lower(), self.host_glob):
+                return False
+        return True
+
+
+def _port(text: str, setting: str, pattern: str) -> int:
+    if not text.isdecimal() or not 1 <= int(text) <= 65535:
+        raise ConfigError(setting, pattern, f"port {text!r} is not 1-65535; " + PATTERN_HELP)
+    return int(text)
+
+
+def _network(text: str, setting: str, pattern: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as error:
+        raise ConfigError(setting, pattern, f"malformed CIDR ({error}); " + PATTERN_HELP) from None
+
+
+def parse_matcher(pattern: str, setting: str = "match") -> Matcher:
+    """Parse one destination pattern; see :data:`PATTERN_HELP` for the forms."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigError(setting, pattern, PATTERN_HELP)
+    text = pattern.strip()
+    host_part, port = text, None
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(setting, pattern, PATTERN_HELP)
+        return Matcher(
+            network=_network(inside, setting, pattern),
+            port=_port(rest[1:], setting, pattern) if rest else None,
+            text=text,
+        )
+    if text.count(":") == 1:
+        host_part, port_text = text.split(":")
+        port = _port(port_text, setting, pattern)
+    elif text.count(":") > 1:  # a bare IPv6 address or network, no port
+        return Matcher(network=_network(text, setting, pattern), text=text)
+    if host_part in ("", "*"):
+        return Matcher(port=port, text=text)
+    if _LOOKS_NUMERIC.fullmatch(host_part):
+        return Matcher(network=_network(host_part, setting, pattern), port=port, text=text)
+    if not _HOST_GLOB.fullmatch(host_part):
+        raise ConfigError(setting, pattern, PATTERN_HELP)
+    return Matcher(host_glob=host_part.lower(), port=port, text=text)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """For destinations that match: skip them, or change the policy."""
+
+    matcher: Matcher
+    action: Literal["skip", "apply"] = "apply"
+    profile: str | None = None
+    """Start from this profile instead of the adapter's policy."""
+    changes: tuple[tuple[str, object], ...] = ()
+    """Policy fields to change, canonical values."""
+    adapters: frozenset[str] | None = None
+    """Only for these adapters; ``None``: all."""
+    source: str = "argument"
+
+    @classmethod
+    def build(
+        cls,
+        match: str,
+        *,
+        skip: bool = False,
+        profile: str | None = None,
+        adapters: Iterable[str] | None = None,
+        source: str = "argument",
+        setting: str = "rule",
+        **changes: object,
+    ) -> Rule:
+        """A validated rule.
+
+        ``Rule.build("10.0.0.0/8", skip=True)``, ``Rule.build("*:6379", idle="10s")``.
+        """
+        matcher = parse_matcher(match, f"{setting}.match")
+        if skip and (profile or changes):
+            raise ConfigError(setting, match, "a rule either skips or changes the policy, not both")
+        if not skip and not profile and not changes:
+            raise ConfigError(setting, match, "a rule needs skip = true, a profile, or policy fields")
+        if profile is not None:
+            get_profile(profile, f"{setting}.profile")
+        parsed = parse_policy_fields(changes, setting_name=lambda name: f"{setting}.{name}")
+        return cls(
+            matcher=matcher,
+            action="skip" if skip else "apply",
+            profile=profile,
+            changes=tuple(parsed.items()),
+            adapters=frozenset(adapters) if adapters is not None else None,
+            source=source,
+        )
+
+    def policy_for(self, base: Policy) -> Policy:
+        """The policy this rule gives a connection whose adapter policy is *base*."""
+        return _rule_policy(self, base)
+
+    def describe(self) -> str:
+        what = (
+            "skip"
+            if self.action == "skip"
+            else ", ".join(
+                ([f"profile {self.profile}"] if self.profile else [])
+                + [f"{name}={value}" for name, value in self.changes]
+            )
+        )
+        only = f" (adapters: {', '.join(sorted(self.adapters))})" if self.adapters else ""
+        return f"{self.matcher.text} -> {what}{only}"
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_policy(rule: Rule, base: Policy) -> Policy:
+    # Computed once per (rule, adapter policy): connections only look it up.
+    start = get_profile(rule.profile).policy if rule.profile else base
+    return replace(start, **dict(rule.changes))  # type: ignore[arg-type]
+
+
+def first_match(rules: Iterable[Rule], adapter: str, destination: Destination) -> Rule | None:
+    """The first rule for *adapter* whose pattern matches *destination*."""
+    for rule in rules:
+        if (rule.adapters is None or adapter in rule.adapters) and rule.matcher.matches(destination):
+            return rule
+    return None

@@ -1,0 +1,147 @@
+"""Apply a compiled plan to one socket, and read the effective values back from the kernel."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass
+from types import ModuleType
+
+from ._plan import Plan
+from ._platforms import _FALLBACKS, compile_for, current_platform
+from .policy import Policy
+
+__all__ = [
+    "ApplyResult",
+    "KeepaliveState",
+    "apply_plan",
+    "compile_plan",
+    "inspect",
+    "not_tcp_reason",
+]
+
+_TCP_FAMILIES = tuple(
+    family for family in (getattr(socket, "AF_INET", None), getattr(socket, "AF_INET6", None))
+    if family is not None
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=128)
+def compile_plan(policy: Policy, platform: str | None = None, module: ModuleType = socket) -> Plan:
+    """Compile *policy* for *platform* (default: this one). Cached: a plan is computed once."""
+    return compile_for(policy, current_platform(platform), module)
+
+
+def not_tcp_reason(sock: socket.socket) -> str | None:
+    """Why *sock* is not a TCP socket kapatch may touch, or ``None`` when it is."""
+    if sock.family not in _TCP_FAMILIES:
+        return f"not TCP: family {sock.family!s}"
+    if sock.type != socket.SOCK_STREAM:
+        return f"not TCP: type {sock.type!s}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What happened when a plan met a socket."""
+
+    applied: tuple[str, ...] = ()
+    """Options set, e.g. ``("SO_KEEPALIVE", "TCP_KEEPIDLE", ...)``."""
+    failed: tuple[tuple[str, OSError], ...] = ()
+    """Options the kernel refused, with its error."""
+    unsupported: tuple[str, ...] = ()
+    """Policy fields this platform (or OS version) cannot carry."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def apply_plan(sock: socket.socket, plan: Plan) -> ApplyResult:
+    """Run every operation of *plan* on *sock*; never raises, reports instead.
+
+    Every operation is tried even after one fails, so a kernel that lacks one
+    option still gets the others.
+    """
+    applied: list[str] = []
+    failed: list[tuple[str, OSError]] = []
+    unsupported = list(plan.unsupported)
+    for ioctl in plan.ioctls:
+        try:
+            sock.ioctl(ioctl.control, ioctl.value)  # type: ignore[attr-defined]  # Windows only
+        except OSError as error:
+            failed.append((ioctl.name, error))
+        else:
+            applied.append(ioctl.name)
+    for op in plan.setsockopts:
+        try:
+            sock.setsockopt(op.level, op.option, op.value)
+        except OSError as error:
+            if op.optional:
+                unsupported.append(f"{op.field}: {op.name} not supported by this OS ({error})")
+            else:
+                failed.append((op.name, error))
+        else:
+            applied.append(op.name)
+    return ApplyResult(tuple(applied), tuple(failed), tuple(unsupported))
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveState:
+    """The keepalive settings the kernel reports for one socket.
+
+    A value the platform cannot report is ``None``. ``user_timeout_ms`` of 0
+    means no user timeout (the kernel's retransmission limit applies).
+    """
+
+    enabled: bool
+    idle: int | None
+    interval: int | None
+    count: int | None
+    user_timeout_ms: int | None
+
+    def mismatches(self, policy: Policy) -> tuple[str, ...]:
+        """Each way this state differs from what *policy* asks for; empty when it matches."""
+        if not policy.enabled:
+            return ()
+        wanted: dict[str, object] = {"enabled": True}
+        if not policy.keeps_os_timings:
+            wanted.update(idle=policy.idle, interval=policy.interval, count=policy.count)
+        wanted["user_timeout_ms"] = policy.user_timeout_ms or 0
+        found = []
+        for name, value in wanted.items():
+            actual = getattr(self, name)
+            if actual is not None and actual != value:
+                found.append(f"{name}: kernel has {actual}, policy wants {value}")
+        return tuple(found)
+
+
+def inspect(sock: socket.socket) -> KeepaliveState:
+    """Read the effective keepalive settings of a TCP socket back from the kernel.
+
+    Raises ``ValueError`` for a socket that is not TCP (UDP, Unix): keepalive does not apply.
+    """
+    reason = not_tcp_reason(sock)
+    if reason is not None:
+        raise ValueError(f"kapatch.inspect: {reason}; keepalive applies to TCP sockets only")
+    platform = current_platform()
+    table = _FALLBACKS[platform]
+
+    def read(level: str, name: str) -> int | None:
+        option = getattr(socket, name, table.get(name))
+        if option is None:
+            return None
+        try:
+            return sock.getsockopt(getattr(socket, level, table[level]), option)
+        except OSError:
+            return None  # this OS version cannot report it
+
+    idle_name = "TCP_KEEPALIVE" if platform == "darwin" else "TCP_KEEPIDLE"
+    timeout_ms = read("IPPROTO_TCP", "TCP_USER_TIMEOUT") if platform == "linux" else None
+    return KeepaliveState(
+        enabled=bool(read("SOL_SOCKET", "SO_KEEPALIVE")),
+        idle=read("IPPROTO_TCP", idle_name),
+        interval=read("IPPROTO_TCP", "TCP_KEEPINTVL"),
+        count=read("IPPROTO_TCP", "TCP_KEEPCNT"),
+        user_timeout_ms=timeout_ms,
+    )
