@@ -1,0 +1,57 @@
+"""Shared pytest fixtures. Keep this file to fixtures only; helpers live in tests/servers.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from servers import (
+    HttpProxy,
+    HttpServer,
+    PostgresServer,
+    RedisServer,
+    ipv6_loopback_available,
+    start_http_proxy,
+    start_http_server,
+    start_postgres,
+    start_redis,
+)
+
+# --- private real servers on loopback (session-scoped, stopped by their own pid) ---
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Private redis-server: .host, .port, .pid, .url, .ipv6 (also on ::1 when True)."""
+    with start_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Private PostgreSQL, trust auth: .host, .port, .pid, .dsn, .url, .user, .dbname."""
+    with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[HttpServer]:
+    """HTTP/1.1 server on 127.0.0.1: GET {url}/ok, GET {url}/slow?seconds=N."""
+    with start_http_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def http_server_v6() -> Iterator[HttpServer]:
+    """Same as http_server, on ::1 (skips when IPv6 loopback is unavailable)."""
+    if not ipv6_loopback_available():
+        pytest.skip("IPv6 loopback (::1) is not available")
+    with start_http_server("::1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def http_proxy() -> Iterator[HttpProxy]:
+    """HTTP forward proxy on 127.0.0.1 (absolute-URI and CONNECT): .url, .log.entries."""
+    with start_http_proxy() as proxy:
+        yield proxy

@@ -1,0 +1,113 @@
+"""The private test servers are real, answer on loopback, and are not the system services."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+import urllib3
+from servers import SYSTEM_PORTS, HttpProxy, HttpServer, PostgresServer, RedisServer
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_ports_are_private(redis_server, postgres_server, http_server, http_proxy):
+    ports = {s.port for s in (redis_server, postgres_server, http_server, http_proxy)}
+    assert len(ports) == 4
+    assert not ports & SYSTEM_PORTS
+
+
+def test_redis_ping(redis_server: RedisServer):
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, socket_timeout=5)
+    try:
+        assert client.ping() is True
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert int(client.info("server")["process_id"]) == redis_server.pid
+    finally:
+        client.close()
+    assert _comm(redis_server.pid) == "redis-server"
+
+
+def test_redis_ipv6(redis_server: RedisServer):
+    if not redis_server.ipv6:
+        pytest.skip("IPv6 loopback not available")
+    client = redis.Redis(host="::1", port=redis_server.port, socket_timeout=5)
+    try:
+        assert client.ping() is True
+    finally:
+        client.close()
+
+
+def test_postgres_select_1(postgres_server: PostgresServer):
+    with psycopg.connect(postgres_server.dsn, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.execute("SHOW port").fetchone() == (str(postgres_server.port),)
+        assert conn.info.host == postgres_server.host
+    with psycopg.connect(postgres_server.url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    assert _comm(postgres_server.pid) == "postgres"
+
+
+def test_postgres_ipv6(postgres_server: PostgresServer):
+    if not postgres_server.ipv6:
+        pytest.skip("IPv6 loopback not available")
+    with psycopg.connect(host="::1", port=postgres_server.port, user="postgres", dbname="postgres") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_http_ok_keeps_connection_alive(http_server: HttpServer):
+    with urllib3.PoolManager() as pool:
+        for _ in range(3):
+            response = pool.request("GET", f"{http_server.url}/ok", timeout=5)
+            assert response.status == 200
+            assert response.data == b"ok\n"
+        conn_pool = pool.connection_from_url(http_server.url)
+        assert conn_pool.num_connections == 1  # one keep-alive connection, reused
+
+
+def test_http_slow_waits(http_server: HttpServer):
+    started = time.monotonic()
+    response = urllib3.request("GET", f"{http_server.url}/slow?seconds=0.3", timeout=5)
+    assert response.status == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_http_server_v6(http_server_v6: HttpServer):
+    assert http_server_v6.url.startswith("http://[::1]:")
+    response = urllib3.request("GET", f"{http_server_v6.url}/ok", timeout=5)
+    assert response.status == 200
+    assert response.data == b"ok\n"
+
+
+def test_proxy_forwards_absolute_uri(http_proxy: HttpProxy, http_server: HttpServer):
+    target = f"{http_server.url}/ok"
+    with urllib3.ProxyManager(http_proxy.url) as pm:
+        response = pm.request("GET", target, timeout=5)
+    assert response.status == 200
+    assert response.data == b"ok\n"
+    assert ("GET", target) in http_proxy.log.entries
+
+
+def test_proxy_connect_tunnel(http_proxy: HttpProxy, http_server: HttpServer):
+    conn = urllib3.connection.HTTPConnection(http_proxy.host, http_proxy.port, timeout=5)
+    conn.set_tunnel(http_server.host, http_server.port)
+    try:
+        conn.request("GET", "/ok")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.data == b"ok\n"
+    finally:
+        conn.close()
+    assert ("CONNECT", f"{http_server.host}:{http_server.port}") in http_proxy.log.entries
+
+
+def test_proxy_refuses_non_loopback(http_proxy: HttpProxy):
+    with urllib3.ProxyManager(http_proxy.url) as pm:
+        response = pm.request("GET", "http://192.0.2.1/ok", timeout=5, retries=False)
+    assert response.status == 403
