@@ -1,3 +1,84 @@
-"""kapatch: one TCP keepalive policy for every outbound connection of a process."""
+"""kapatch: one TCP keepalive policy for every outbound connection of a process.
 
-__all__: list[str] = []
+    import kapatch
+    kapatch.install(profile="aws")          # or KAPATCH_ENABLED=1 with no code at all
+
+Everything public is here; modules starting with ``_`` are private.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from typing import TYPE_CHECKING
+
+from ._errors import ConfigError
+from ._status import AdapterStatus, Status
+from .adapters import Adapter
+from .config import AdapterConfig, Config, load_config
+from .policy import Mode, Policy
+from .profiles import PROFILES, Profile
+from .rules import Destination, Rule
+from .runtime import install, status, uninstall
+from .sockopts import ApplyResult, KeepaliveState, compile_plan, inspect, not_tcp_reason
+
+if TYPE_CHECKING:
+    from ._plan import Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROFILES",
+    "Adapter",
+    "AdapterConfig",
+    "AdapterStatus",
+    "ApplyResult",
+    "Config",
+    "ConfigError",
+    "Destination",
+    "KeepaliveState",
+    "Mode",
+    "Policy",
+    "Profile",
+    "Rule",
+    "Status",
+    "__version__",
+    "apply",
+    "inspect",
+    "install",
+    "load_config",
+    "plan",
+    "status",
+    "uninstall",
+]
+
+
+def plan(policy: Policy | None = None, platform: str | None = None) -> Plan:
+    """The socket operations *policy* means on *platform* (default: this one)."""
+    return compile_plan(policy or _effective_policy(), platform)
+
+
+def apply(sock: _socket.socket, policy: Policy | None = None) -> ApplyResult:
+    """Apply *policy* to one TCP socket, before or after it connects.
+
+    Without *policy*: the installed global policy, else the one the environment and
+    config file describe. Raises ``ValueError`` for a socket that is not TCP (left
+    unchanged) and ``OSError`` when the kernel refuses an option (the others are
+    still applied; see :func:`kapatch.sockopts.apply_plan` for the non-raising form).
+    """
+    from .sockopts import apply_plan
+
+    reason = not_tcp_reason(sock)
+    if reason is not None:
+        raise ValueError(f"kapatch.apply: {reason}; the socket is left unchanged")
+    result = apply_plan(sock, compile_plan(policy or _effective_policy()))
+    if result.failed:
+        option, error = result.failed[0]
+        raise OSError(error.errno, f"kapatch.apply: setsockopt {option}: {error.strerror}")
+    return result
+
+
+def _effective_policy() -> Policy:
+    from .runtime import current_config
+
+    config = current_config()
+    return (config or load_config()).policy

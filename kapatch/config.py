@@ -75,7 +75,6 @@ class Config:
 def load_config(
     *,
     environ: Mapping[str, str] | None = None,
-    adapter_names_: Iterable[str] | None = None,
     overrides: Mapping[str, Mapping[str, object]] | None = None,
     rules: Iterable[Rule] = (),
     **arguments: object,
@@ -86,8 +85,18 @@ def load_config(
     ``adapters``, ``exclude``, ``config``, ...); *overrides* maps an adapter name to
     its own settings (``{"redis": {"idle": "10s"}}``). Raises :class:`ConfigError`.
     """
-    names = tuple(adapter_names_) if adapter_names_ is not None else adapter_names()
-    args = _argument_layer(arguments, overrides or {}, rules, names)
+    return merge_sources(arguments, environ, overrides or {}, rules, adapter_names())
+
+
+def merge_sources(
+    arguments: Mapping[str, object],
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Mapping[str, object]],
+    rules: Iterable[Rule],
+    names: tuple[str, ...],
+) -> Config:
+    """:func:`load_config` with the adapter names given (tests, third-party adapters)."""
+    args = _argument_layer(arguments, overrides, rules, names)
     env = read_env(os.environ if environ is None else environ, names)
     layers = [args, env]
     config_path = _highest(layers, "config")

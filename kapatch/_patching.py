@@ -1,0 +1,54 @@
+"""Patch attributes with wrapt wrappers and restore the exact original objects.
+
+Restoring means putting back the very object that was in the owner's ``__dict__``
+(a classmethod stays that classmethod object; an inherited method is deleted again,
+so lookup falls through to the base class as before), so ``uninstall()`` is
+identity-exact, not merely behaviour-alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+__all__ = ["Patcher"]
+
+_MISSING = object()
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class Patcher:
+    """Records every patch one adapter makes, so :meth:`restore` can undo them all."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[object, str, object]] = []
+        self._lock = threading.Lock()
+
+    def wrap(self, owner: object, name: str, wrapper: Wrapper) -> None:
+        """Wrap ``owner.name`` (a class or a module attribute) with *wrapper*; idempotent."""
+        with self._lock:
+            if any(o is owner and n == name for o, n, _ in self._saved):
+                return
+            original = vars(owner).get(name, _MISSING)
+            wrapt.wrap_function_wrapper(owner, name, wrapper)
+            self._saved.append((owner, name, original))
+
+    def is_patched(self, owner: object, name: str) -> bool:
+        return any(o is owner and n == name for o, n, _ in self._saved)
+
+    def restore(self) -> None:
+        """Put back every original object, newest patch first."""
+        with self._lock:
+            while self._saved:
+                owner, name, original = self._saved.pop()
+                if original is _MISSING:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, original)
+
+    def __bool__(self) -> bool:
+        return bool(self._saved)

@@ -1,0 +1,56 @@
+"""What :func:`kapatch.status` reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .config import Config
+from .policy import Mode, Policy
+
+__all__ = ["COUNTERS", "AdapterStatus", "Status"]
+
+COUNTERS = ("configured", "respected", "skipped", "failed")
+"""configured: policy applied; respected: the application's own settings kept (respect mode);
+skipped: a rule or a disabled policy left it alone; failed: the kernel refused an option."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterStatus:
+    name: str
+    enabled: bool
+    reason: str
+    """Why not enabled (or ``"patched"`` / ``"waiting for import of X"`` when enabled)."""
+    version: str | None
+    supported: str
+    policy: Policy
+    mode: Mode
+    counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COUNTERS, 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    installed: bool
+    config: Config | None
+    adapters: tuple[AdapterStatus, ...] = ()
+
+    def adapter(self, name: str) -> AdapterStatus:
+        for adapter in self.adapters:
+            if adapter.name == name:
+                return adapter
+        raise KeyError(name)
+
+    def render(self) -> str:
+        """A table for people, as ``kapatch status``/``doctor`` print it."""
+        if not self.installed or self.config is None:
+            return "kapatch: not installed"
+        lines = [f"kapatch: installed, profile {self.config.profile}, mode {self.config.mode}"]
+        for a in self.adapters:
+            state = "on " if a.enabled else "off"
+            counts = " ".join(f"{k}={v}" for k, v in a.counts.items())
+            version = f" {a.version}" if a.version else ""
+            lines.append(f"  [{state}] {a.name}{version}: {a.reason}")
+            if a.enabled:
+                lines.append(f"        {a.policy.describe()}; mode {a.mode}; {counts}")
+        return "\n".join(lines)

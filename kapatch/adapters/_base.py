@@ -1,0 +1,129 @@
+"""The interface every adapter implements, and the context the runtime gives it."""
+
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+
+from .._patching import Patcher
+
+if TYPE_CHECKING:
+    import socket
+    from contextlib import AbstractContextManager
+
+    from ..config import AdapterConfig
+    from ..policy import Policy
+    from ..rules import Destination
+
+__all__ = ["Adapter", "AdapterContext", "Decision", "version_tuple"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one connection, decided once when it is made."""
+
+    action: Literal["apply", "respect", "skip"]
+    policy: Policy | None = None
+    reason: str = ""
+
+
+class AdapterContext(Protocol):
+    """What the runtime offers an adapter. Every method is safe to call from a hook: none raises."""
+
+    def config_for(self, adapter: str) -> AdapterConfig:
+        """The policy and mode configured for *adapter*."""
+
+    def decide(self, adapter: str, destination: Destination, *, explicit: bool) -> Decision:
+        """Policy for a connection the adapter configures itself (e.g. libpq parameters). Counts it."""
+
+    def configure_socket(
+        self, sock: socket.socket, adapter: str, destination: Destination, *, explicit: bool | None
+    ) -> Decision:
+        """Decide and apply to *sock*; ``explicit=None`` reads SO_KEEPALIVE to tell."""
+
+    def claim(
+        self, adapter: str, host: str | None, port: int | None, *, explicit: bool | None = None
+    ) -> AbstractContextManager[None]:
+        """Inside this block, sockets connected through ``socket.socket.connect`` belong to *adapter*."""
+
+    def record_failure(self, adapter: str, what: str, error: BaseException) -> None:
+        """Log once per kind of failure, count it, carry on."""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"2.8.0"`` -> ``(2, 8, 0)``; pre-release suffixes are ignored."""
+    return tuple(int(part) for part in re.findall(r"\d+", text.split("+", maxsplit=1)[0])[:3])
+
+
+class Adapter(abc.ABC):
+    """Carries the policy into one client library's own socket path.
+
+    Subclasses set the class attributes and implement :meth:`patch`. Patching is
+    lazy: the runtime calls :meth:`patch` for each module in :attr:`modules` when
+    that module is imported (at once if it already is), and :meth:`disable` puts
+    back every original object. Register a third-party adapter under the
+    ``kapatch.adapters`` entry-point group.
+    """
+
+    name: ClassVar[str]
+    """Short name used in settings: ``KAPATCH_<NAME>_IDLE``, ``[name]`` in TOML."""
+    distribution: ClassVar[str | None] = None
+    """The PyPI distribution whose version decides support; ``None`` for the stdlib."""
+    modules: ClassVar[tuple[str, ...]] = ()
+    """Modules to patch, each when it is first imported."""
+    minimum_version: ClassVar[tuple[int, ...]] = ()
+    below_version: ClassVar[tuple[int, ...] | None] = None
+    """Supported: ``minimum_version <= version < below_version``."""
+
+    def __init__(self) -> None:
+        self.patcher = Patcher()
+        self.context: AdapterContext | None = None
+
+    @classmethod
+    def installed_version(cls) -> str | None:
+        """The library's version from its metadata, without importing it; ``None`` if absent."""
+        if cls.distribution is None:
+            return None
+        try:
+            return importlib.metadata.version(cls.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    @classmethod
+    def supported_range(cls) -> str:
+        low = ".".join(map(str, cls.minimum_version)) or "any"
+        high = f", <{'.'.join(map(str, cls.below_version))}" if cls.below_version else ""
+        return f">={low}{high}"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this adapter cannot be enabled here, or ``None``."""
+        if cls.distribution is None:
+            return None
+        version = cls.installed_version()
+        if version is None:
+            return f"{cls.distribution} is not installed"
+        parsed = version_tuple(version)
+        if parsed < cls.minimum_version or (cls.below_version and parsed >= cls.below_version):
+            return f"{cls.distribution} {version} is not supported (supported: {cls.supported_range()})"
+        return None
+
+    def enable(self, context: AdapterContext) -> None:
+        """Remember the runtime; the runtime then calls :meth:`patch` per imported module."""
+        self.context = context
+
+    @abc.abstractmethod
+    def patch(self, module_name: str) -> None:
+        """Patch *module_name*, which has just been imported. Idempotent."""
+
+    def disable(self) -> None:
+        """Restore every patched object exactly; idempotent."""
+        self.patcher.restore()
+        self.context = None
+
+    @property
+    def patched(self) -> bool:
+        return bool(self.patcher)

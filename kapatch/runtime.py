@@ -1,0 +1,333 @@
+"""Install and uninstall adapters, decide each connection's policy once, count what happened."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from ._registry import adapter_entry_points
+from ._status import COUNTERS, AdapterStatus, Status
+from .adapters._base import Adapter, Decision
+from .config import AdapterConfig, Config, load_config
+from .policy import Mode
+from .rules import Destination, first_match
+from .sockopts import apply_plan, compile_plan, not_tcp_reason
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = ["claim", "current_config", "install", "status", "uninstall"]
+
+logger = logging.getLogger("kapatch")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    adapter: str
+    host: str | None
+    port: int | None
+    explicit: bool | None
+
+
+_CLAIM: contextvars.ContextVar[_Claim | None] = contextvars.ContextVar("kapatch_claim", default=None)
+
+
+class _Runtime:
+    """The one process-wide installation. Every public entry point takes ``_lock``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self.config: Config | None = None
+        self.adapters: dict[str, Adapter] = {}
+        self.reasons: dict[str, str] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.logged: set[tuple[str, ...]] = set()
+        self.generation = 0
+        self._configs: dict[str, AdapterConfig] = {}
+
+    # -- install / uninstall -------------------------------------------------
+    def install(self, config: Config) -> Status:
+        with self._lock:
+            self._uninstall_locked()
+            self.generation += 1
+            self.config = config
+            self._configs = {}
+            logger.setLevel(config.log_level)
+            if config.enabled:
+                for name, target in adapter_entry_points().items():
+                    self._configs[name] = config.for_adapter(name)
+                    self.counts[name] = dict.fromkeys(COUNTERS, 0)
+                    if not config.wants_adapter(name):
+                        self.reasons[name] = "not selected by the configuration"
+                        continue
+                    self._enable(name, target)
+            return self.status()
+
+    def _enable(self, name: str, target: str) -> None:
+        try:
+            adapter_class = _load(target)
+            reason = adapter_class.unavailable_reason()
+        except Exception as error:  # a broken third-party adapter must not stop the others
+            self.reasons[name] = f"failed to load {target}: {error!r}"
+            logger.warning("kapatch: adapter %s failed to load: %r", name, error)
+            return
+        if reason is not None:
+            self.reasons[name] = reason
+            return
+        adapter = adapter_class()
+        adapter.enable(self)
+        self.adapters[name] = adapter
+        generation = self.generation
+        for module_name in adapter_class.modules:
+            self._register_hook(adapter, module_name, generation)
+        self.reasons[name] = self._describe_patch_state(adapter)
+
+    def _register_hook(self, adapter: Adapter, module_name: str, generation: int) -> None:
+        def on_import(module: ModuleType) -> None:
+            if generation != self.generation or self.adapters.get(adapter.name) is not adapter:
+                return  # a hook from an earlier install(); wrapt cannot unregister hooks
+            try:
+                adapter.patch(module_name)
+            except Exception as error:  # never break the application's import
+                self.record_failure(adapter.name, f"patching {module_name}", error)
+            else:
+                self.reasons[adapter.name] = self._describe_patch_state(adapter)
+
+        wrapt.register_post_import_hook(on_import, module_name)
+
+    @staticmethod
+    def _describe_patch_state(adapter: Adapter) -> str:
+        if adapter.patched:
+            return "patched"
+        return "waiting for import of " + " or ".join(adapter.modules)
+
+    def uninstall(self) -> None:
+        with self._lock:
+            self._uninstall_locked()
+
+    def _uninstall_locked(self) -> None:
+        for adapter in reversed(list(self.adapters.values())):
+            try:
+                adapter.disable()
+            except Exception as error:
+                logger.warning("kapatch: restoring adapter %s failed: %r", adapter.name, error)
+        self.adapters.clear()
+        self.reasons.clear()
+        self.config = None
+        self._configs = {}
+        self.generation += 1
+
+    def status(self) -> Status:
+        with self._lock:
+            if self.config is None:
+                return Status(installed=False, config=None)
+            entries = []
+            for name, target in adapter_entry_points().items():
+                adapter_config = self._configs.get(name) or self.config.for_adapter(name)
+                adapter = self.adapters.get(name)
+                version = adapter.installed_version() if adapter else _version_for(target)
+                entries.append(
+                    AdapterStatus(
+                        name=name,
+                        enabled=adapter is not None,
+                        reason=self.reasons.get(name, "kapatch is disabled (enabled = false)"),
+                        version=version,
+                        supported=adapter.supported_range() if adapter else "",
+                        policy=adapter_config.policy,
+                        mode=adapter_config.mode,
+                        counts=MappingProxyType(dict(self.counts.get(name, dict.fromkeys(COUNTERS, 0)))),
+                    )
+                )
+            return Status(installed=True, config=self.config, adapters=tuple(entries))
+
+    # -- the AdapterContext the adapters call --------------------------------
+    def config_for(self, adapter: str) -> AdapterConfig:
+        found = self._configs.get(adapter)
+        if found is None:
+            config = self.config or Config()
+            found = config.for_adapter(adapter)
+        return found
+
+    def decide(self, adapter: str, destination: Destination, *, explicit: bool) -> Decision:
+        decision = self._decide(adapter, destination, explicit=explicit)
+        self._count(adapter, _COUNTER_FOR[decision.action])
+        return decision
+
+    def _decide(self, adapter: str, destination: Destination, *, explicit: bool) -> Decision:
+        adapter_config = self.config_for(adapter)
+        policy = adapter_config.policy
+        rule = first_match(self.config.rules if self.config else (), adapter, destination)
+        if rule is not None:
+            if rule.action == "skip":
+                return Decision("skip", reason=f"rule {rule.describe()}")
+            policy = rule.policy_for(policy)
+        if not policy.enabled:
+            return Decision("skip", reason="policy disabled")
+        if explicit and adapter_config.mode is Mode.RESPECT:
+            return Decision("respect", reason="the application configured keepalive itself")
+        return Decision("apply", policy)
+
+    def configure_socket(
+        self, sock: socket.socket, adapter: str, destination: Destination, *, explicit: bool | None
+    ) -> Decision:
+        try:
+            if explicit is None:
+                explicit = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+            decision = self._decide(adapter, destination, explicit=explicit)
+            if decision.action != "apply" or decision.policy is None:
+                self._count(adapter, _COUNTER_FOR[decision.action])
+                return decision
+            result = apply_plan(sock, compile_plan(decision.policy))
+        except Exception as error:  # e.g. a closed socket; the connect goes on regardless
+            self.record_failure(adapter, "configuring a socket", error)
+            return Decision("skip", reason=f"error: {error!r}")
+        for option, refusal in result.failed:
+            self.record_failure(adapter, f"setsockopt {option}", refusal, count=False)
+        for note in result.unsupported:
+            self._log_once(("unsupported", note), logging.INFO, "kapatch: %s", note)
+        self._count(adapter, "configured" if result.ok else "failed")
+        return decision
+
+    @contextlib.contextmanager
+    def claim(
+        self, adapter: str, host: str | None, port: int | None, *, explicit: bool | None = None
+    ) -> Iterator[None]:
+        token = _CLAIM.set(_Claim(adapter, host, port, explicit))
+        try:
+            yield
+        finally:
+            _CLAIM.reset(token)
+
+    def record_failure(self, adapter: str, what: str, error: BaseException, *, count: bool = True) -> None:
+        key = (adapter, what, type(error).__name__, str(getattr(error, "errno", "")))
+        self._log_once(key, logging.WARNING, "kapatch: %s adapter: %s failed: %r", adapter, what, error)
+        if count:
+            self._count(adapter, "failed")
+
+    # -- the one connect hook every socket-based adapter shares -----------------
+    def on_connect(self, sock: socket.socket, address: Any) -> None:
+        """Called by the socket adapter before ``connect()``; never raises."""
+        try:
+            if not_tcp_reason(sock) is not None:
+                return
+            host, port = _host_port(address)
+            owner = _CLAIM.get()
+            if owner is not None and owner.adapter not in self.adapters:
+                owner = None  # claimed by an adapter that is no longer enabled
+            if owner is None:
+                if "socket" not in self.adapters:
+                    return
+                destination = Destination(host=host, address=host, port=port)
+                self.configure_socket(sock, "socket", destination, explicit=None)
+                return
+            destination = Destination(host=owner.host or host, address=host, port=owner.port or port)
+            self.configure_socket(sock, owner.adapter, destination, explicit=owner.explicit)
+        except Exception as error:
+            self.record_failure("socket", "connect hook", error)
+
+    # -- bookkeeping ---------------------------------------------------------
+    def _count(self, adapter: str, counter: str) -> None:
+        with self._stats_lock:
+            counts = self.counts.setdefault(adapter, dict.fromkeys(COUNTERS, 0))
+            counts[counter] += 1
+
+    def _log_once(self, key: tuple[str, ...], level: int, message: str, *args: object) -> None:
+        with self._stats_lock:
+            if key in self.logged:
+                return
+            self.logged.add(key)
+        logger.log(level, message, *args)
+
+    def after_fork_in_child(self) -> None:
+        """Locks held by another thread at fork time would never be released in the child."""
+        self._lock = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
+        self.logged = set()
+
+
+_COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"}
+
+
+def _host_port(address: Any) -> tuple[str | None, int | None]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return (host if isinstance(host, str) else None, port if isinstance(port, int) else None)
+    return None, None
+
+
+def _load(target: str) -> type[Adapter]:
+    module_name, _, attribute = target.partition(":")
+    adapter_class = getattr(importlib.import_module(module_name), attribute)
+    if not (isinstance(adapter_class, type) and issubclass(adapter_class, Adapter)):
+        raise TypeError(f"{target} is not a kapatch.adapters.Adapter subclass")
+    return adapter_class
+
+
+def _version_for(target: str) -> str | None:
+    try:
+        return _load(target).installed_version()
+    except Exception:
+        return None
+
+
+_RUNTIME = _Runtime()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNTIME.after_fork_in_child)
+
+
+def install(
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+    rules: Any = (),
+    **settings: object,
+) -> Status:
+    """Enable kapatch for this process; idempotent, thread-safe; raises :class:`ConfigError`.
+
+    *settings* take the TOML key names (``profile="aws"``, ``idle="45s"``,
+    ``mode="override"``, ``adapters=["redis"]``, ``exclude=["10.0.0.0/8"]``,
+    ``config="kapatch.toml"``, ...) and win over the environment and the file.
+    Calling it again re-reads everything and reconfigures.
+    """
+    config = load_config(environ=environ, overrides=overrides, rules=rules, **settings)
+    return _RUNTIME.install(config)
+
+
+def install_config(config: Config) -> Status:
+    """Install an already merged :class:`Config` (used by the automatic path)."""
+    return _RUNTIME.install(config)
+
+
+def uninstall() -> None:
+    """Restore every patched object exactly; the next connection is as without kapatch."""
+    _RUNTIME.uninstall()
+
+
+def status() -> Status:
+    """Each adapter: enabled or why not, version, effective policy, counters."""
+    return _RUNTIME.status()
+
+
+def current_config() -> Config | None:
+    return _RUNTIME.config
+
+
+def context() -> _Runtime:
+    """The AdapterContext adapters receive; exposed for tests and third-party adapters."""
+    return _RUNTIME
+
+
+claim = _RUNTIME.claim
