@@ -8,11 +8,13 @@ import pytest
 from servers import (
     HttpProxy,
     HttpServer,
+    HttpsServer,
     PostgresServer,
     RedisServer,
     ipv6_loopback_available,
     start_http_proxy,
     start_http_server,
+    start_https_server,
     start_postgres,
     start_redis,
 )
@@ -47,6 +49,13 @@ def http_server_v6() -> Iterator[HttpServer]:
     if not ipv6_loopback_available():
         pytest.skip("IPv6 loopback (::1) is not available")
     with start_http_server("::1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def https_server() -> Iterator[HttpsServer]:
+    """Same as http_server behind TLS (self-signed): .url (https://), .ca_file to trust."""
+    with start_https_server() as server:
         yield server
 
 

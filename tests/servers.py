@@ -39,6 +39,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -133,6 +134,21 @@ class HttpServer(_Handle):
     def url(self) -> str:
         """Base URL without a trailing slash, e.g. ``http://127.0.0.1:8123``."""
         return f"http://{_url_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpsServer(HttpServer):
+    """The same server behind TLS, with a fresh self-signed certificate.
+
+    ``ca_file`` is that certificate (subjectAltName 127.0.0.1, ::1, localhost): pass it
+    as ``ca_certs=`` (urllib3) or ``verify=`` (requests).
+    """
+
+    ca_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://{_url_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -506,12 +522,34 @@ class _TrackingServer(ThreadingHTTPServer):
     allow_reuse_address = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._tls = tls
         super().__init__(address, handler)
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if self._tls is None:
+            super().finish_request(request, client_address)
+            return
+        # TLS handshake in the handler thread (not in the accept loop), bounded in time.
+        request.settimeout(10)
+        tls_sock = self._tls.wrap_socket(request, server_side=True)
+        tls_sock.settimeout(None)
+        self.track(tls_sock)
+        try:
+            super().finish_request(tls_sock, client_address)
+        finally:
+            self.untrack(tls_sock)
+            with contextlib.suppress(OSError):
+                tls_sock.close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn): skip it.
@@ -609,6 +647,46 @@ def start_http_server(host: str = LOOPBACK_V4) -> HttpServer:
     server = _TrackingServer((host, 0), _OkHandler)
     port, stopper = _serve(server, f"test-http-{host}")
     return HttpServer(host=host, port=port, pid=os.getpid(), _stopper=stopper)
+
+
+def _self_signed_cert(workdir: Path) -> tuple[Path, Path]:
+    """(cert, key) for 127.0.0.1, ::1 and localhost, made with the ``openssl`` CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ServerStartError("openssl not found: run scripts/install-system-deps")
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "7", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def start_https_server(host: str = LOOPBACK_V4) -> HttpsServer:
+    """Like :func:`start_http_server`, behind TLS with a fresh self-signed certificate.
+
+    Needed to drive urllib3's ``HTTPSConnection`` and its ``CONNECT`` tunnel through
+    :func:`start_http_proxy` (urllib3 tunnels only ``https://`` targets).
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="kapatch-tls-"))
+    try:
+        cert, key = _self_signed_cert(workdir)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        server = _TrackingServer((host, 0), _OkHandler, tls=tls)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    port, stop_server = _serve(server, f"test-https-{host}")
+
+    def stop() -> None:
+        stop_server()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    return HttpsServer(host=host, port=port, pid=os.getpid(), _stopper=_once(stop), ca_file=cert)
 
 
 # --------------------------------------------------------------------------- proxy

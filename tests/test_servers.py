@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 import urllib3
-from servers import SYSTEM_PORTS, HttpProxy, HttpServer, PostgresServer, RedisServer
+from servers import SYSTEM_PORTS, HttpProxy, HttpServer, HttpsServer, PostgresServer, RedisServer
 
 
 def _comm(pid: int) -> str:
@@ -85,6 +85,13 @@ def test_http_server_v6(http_server_v6: HttpServer):
     assert response.data == b"ok\n"
 
 
+def test_https_ok(https_server: HttpsServer):
+    with urllib3.PoolManager(ca_certs=str(https_server.ca_file)) as pool:
+        response = pool.request("GET", f"{https_server.url}/ok", timeout=5)
+    assert response.status == 200
+    assert response.data == b"ok\n"
+
+
 def test_proxy_forwards_absolute_uri(http_proxy: HttpProxy, http_server: HttpServer):
     target = f"{http_server.url}/ok"
     with urllib3.ProxyManager(http_proxy.url) as pm:
@@ -111,3 +118,24 @@ def test_proxy_refuses_non_loopback(http_proxy: HttpProxy):
     with urllib3.ProxyManager(http_proxy.url) as pm:
         response = pm.request("GET", "http://192.0.2.1/ok", timeout=5, retries=False)
     assert response.status == 403
+
+
+def test_proxy_manager_tunnels_https(http_proxy: HttpProxy, https_server: HttpsServer):
+    with urllib3.ProxyManager(http_proxy.url, ca_certs=str(https_server.ca_file)) as pm:
+        response = pm.request("GET", f"{https_server.url}/ok", timeout=5)
+    assert response.status == 200
+    assert response.data == b"ok\n"
+    assert ("CONNECT", f"{https_server.host}:{https_server.port}") in http_proxy.log.entries
+
+
+def test_requests_through_proxy(http_proxy: HttpProxy, http_server: HttpServer, https_server: HttpsServer):
+    import requests
+
+    proxies = {"http": http_proxy.url, "https": http_proxy.url}
+    with requests.Session() as session:
+        session.trust_env = False
+        assert session.get(f"{http_server.url}/ok", proxies=proxies, timeout=5).text == "ok\n"
+        response = session.get(
+            f"{https_server.url}/ok", proxies=proxies, verify=str(https_server.ca_file), timeout=5
+        )
+        assert response.text == "ok\n"
