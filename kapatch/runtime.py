@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from ._connect_hook import ConnectHook
 from ._registry import adapter_entry_points
 from ._status import COUNTERS, AdapterStatus, Status
 from .adapters._base import Adapter, Decision
@@ -56,6 +57,7 @@ class _Runtime:
         self.logged: set[tuple[str, ...]] = set()
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
+        self.connect_hook = ConnectHook(self)
 
     # -- install / uninstall -------------------------------------------------
     def install(self, config: Config) -> Status:
@@ -73,6 +75,8 @@ class _Runtime:
                         self.reasons[name] = "not selected by the configuration"
                         continue
                     self._enable(name, target)
+                if any(adapter.needs_connect_hook for adapter in self.adapters.values()):
+                    self.connect_hook.install()
             return self.status()
 
     def _enable(self, name: str, target: str) -> None:
@@ -109,6 +113,8 @@ class _Runtime:
 
     @staticmethod
     def _describe_patch_state(adapter: Adapter) -> str:
+        if not adapter.modules:
+            return "active" + (" (socket.socket.connect hook)" if adapter.needs_connect_hook else "")
         if adapter.patched:
             return "patched"
         return "waiting for import of " + " or ".join(adapter.modules)
@@ -123,6 +129,7 @@ class _Runtime:
                 adapter.disable()
             except Exception as error:
                 logger.warning("kapatch: restoring adapter %s failed: %r", adapter.name, error)
+        self.connect_hook.remove()
         self.adapters.clear()
         self.reasons.clear()
         self.config = None

@@ -77,6 +77,9 @@ class Adapter(abc.ABC):
     minimum_version: ClassVar[tuple[int, ...]] = ()
     below_version: ClassVar[tuple[int, ...] | None] = None
     """Supported: ``minimum_version <= version < below_version``."""
+    needs_connect_hook: ClassVar[bool] = False
+    """True when the library connects through ``socket.socket.connect`` and the adapter
+    claims those connections: the runtime then installs the shared connect hook."""
 
     def __init__(self) -> None:
         self.patcher = Patcher()
@@ -126,4 +129,4 @@ class Adapter(abc.ABC):
 
     @property
     def patched(self) -> bool:
-        return bool(self.patcher)
+        return bool(self.patcher) or not self.modules
