@@ -19,8 +19,9 @@ Why no pytest-redis / pytest-postgresql (both were tried here):
 
 This module imports no client library (redis, psycopg, urllib3): readiness is checked
 with raw sockets and ``pg_isready``, so tests keep control of when clients are imported.
-The HTTP proxy's upstream connections are made through ``_socket.socket`` (not
-``socket.socket.connect``), so a process-wide connect hook under test never sees them.
+The HTTP proxy's upstream connections and the Redis readiness probe connect through
+``_socket.socket`` (not ``socket.socket.connect``), so a process-wide connect hook under
+test (kapatch's socket adapter) never sees nor counts them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 LOOPBACK_V4 = "127.0.0.1"
 LOOPBACK_V6 = "::1"
@@ -62,6 +63,7 @@ START_ATTEMPTS = 5
 """How many free ports a process server tries before giving up (port collisions)."""
 
 _Stopper = Callable[[], None]
+_H = TypeVar("_H", bound="_Handle")
 
 
 class ServerStartError(RuntimeError):
@@ -82,7 +84,7 @@ class _Handle:
         """Stop the server (idempotent)."""
         self._stopper()
 
-    def __enter__(self) -> _Handle:
+    def __enter__(self: _H) -> _H:
         return self
 
     def __exit__(
@@ -303,7 +305,7 @@ def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeou
 
 def _redis_ping(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
+        with _connect_unobserved(host, port, timeout=1.0) as s:
             s.sendall(b"*1\r\n$4\r\nPING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:

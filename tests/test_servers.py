@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -139,3 +140,20 @@ def test_requests_through_proxy(http_proxy: HttpProxy, http_server: HttpServer, 
             f"{https_server.url}/ok", proxies=proxies, verify=str(https_server.ca_file), timeout=5
         )
         assert response.text == "ok\n"
+
+
+def test_proxy_upstream_is_invisible_to_connect_hooks(
+    monkeypatch: pytest.MonkeyPatch, http_proxy: HttpProxy, http_server: HttpServer
+):
+    """The proxy's own upstream leg bypasses socket.socket.connect (where kapatch hooks)."""
+    seen: list[int] = []
+    original = socket.socket.connect
+
+    def counting_connect(self: socket.socket, address) -> None:
+        seen.append(address[1])
+        original(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counting_connect)
+    with urllib3.ProxyManager(http_proxy.url) as pm:
+        assert pm.request("GET", f"{http_server.url}/ok", timeout=5).status == 200
+    assert seen == [http_proxy.port]
