@@ -1,0 +1,203 @@
+"""Real servers inside the lab namespace: an HTTP server, redis-server and PostgreSQL.
+
+Each is started with `ip netns exec`, listens on the lab address only, and is stopped by
+the pid this module started (SIGTERM, then SIGKILL after a bounded wait).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from integrations.netlab import LAB_ADDR, LabError, LabUnavailable, ns_cmd, run
+
+HTTP_PORT = 8080
+REDIS_PORT = 6379
+PG_PORT = 5432
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 30.0
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any KAPATCH_* variable: servers are never patched."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+
+
+def pg_bindir() -> Path | None:
+    env = os.environ.get("PG_BINDIR")
+    if env:
+        return Path(env)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return Path(found[-1]).parent if found else None
+
+
+def missing_servers() -> str | None:
+    """None if every server binary is installed, else what is missing."""
+    missing = []
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server (apt-get install -y redis-server)")
+    if pg_bindir() is None:
+        missing.append("PostgreSQL server binaries (apt-get install -y postgresql)")
+    if shutil.which("setpriv") is None:
+        missing.append("setpriv (util-linux)")
+    return "missing: " + ", ".join(missing) if missing else None
+
+
+def _connects(port: int) -> bool:
+    try:
+        with socket.create_connection((LAB_ADDR, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _redis_pong() -> bool:
+    try:
+        with socket.create_connection((LAB_ADDR, REDIS_PORT), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _http_ok() -> bool:
+    try:
+        with socket.create_connection((LAB_ADDR, HTTP_PORT), timeout=0.5) as s:
+            s.sendall(b"GET /ok HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@dataclass
+class LabServers:
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    tmpdir: Path | None = None
+
+    def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
+        with open(log, "wb") as fh:
+            self.procs[name] = subprocess.Popen(
+                ns_cmd(cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=clean_env(),
+            )
+
+    def _wait(self, name: str, ready: object, log: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready():  # type: ignore[operator]
+            proc = self.procs[name]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise LabError(f"{name} did not start (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+
+    def start(self) -> None:
+        reason = missing_servers()
+        if reason:
+            raise LabUnavailable(reason)
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="kplab-"))
+        self.tmpdir.chmod(0o755)
+        self._start_http()
+        self._start_redis()
+        self._start_postgres()
+
+    def _start_http(self) -> None:
+        assert self.tmpdir is not None
+        log = self.tmpdir / "http.log"
+        cmd = [sys.executable, "-m", "integrations.httpserver", LAB_ADDR, str(HTTP_PORT)]
+        self._spawn("http", cmd, log)
+        self._wait("http", _http_ok, log)
+
+    def _start_redis(self) -> None:
+        assert self.tmpdir is not None
+        log = self.tmpdir / "redis.log"
+        cmd = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", LAB_ADDR,
+            "--port", str(REDIS_PORT),
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--dir", str(self.tmpdir),
+        ]  # fmt: skip
+        self._spawn("redis", cmd, log)
+        self._wait("redis", _redis_pong, log)
+
+    def _start_postgres(self) -> None:
+        assert self.tmpdir is not None
+        bindir = pg_bindir()
+        assert bindir is not None
+        pgroot = self.tmpdir / "pg"
+        pgroot.mkdir()
+        shutil.chown(pgroot, "postgres", "postgres")
+        data = pgroot / "data"
+        as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+        run(
+            [*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+             "--no-sync", "-E", "UTF8"],
+            timeout=60,
+        )  # fmt: skip
+        (data / "pg_hba.conf").write_text("local all all trust\nhost all all 198.18.0.0/15 trust\n")
+        log = pgroot / "postgres.log"
+        cmd = [
+            *as_pg,
+            str(bindir / "postgres"),
+            "-D", str(data),
+            "-c", f"listen_addresses={LAB_ADDR}",
+            "-c", f"port={PG_PORT}",
+            "-c", f"unix_socket_directories={pgroot}",
+            "-c", "fsync=off",
+            "-c", "max_connections=60",
+            # Backends notice a vanished client within 1 s instead of sleeping for an hour.
+            "-c", "client_connection_check_interval=1000",
+        ]  # fmt: skip
+        self._spawn("postgres", cmd, log)
+
+        def pg_ready() -> bool:
+            proc = subprocess.run(
+                [str(bindir / "pg_isready"), "-h", LAB_ADDR, "-p", str(PG_PORT), "-t", "1"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+            return proc.returncode == 0
+
+        self._wait("postgres", pg_ready, log)
+
+    def stop(self) -> None:
+        """Stop every server this object started, by pid; remove the temporary directory."""
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                # PostgreSQL: SIGINT is "fast" shutdown (SIGTERM would wait for clients).
+                sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+        deadline = time.monotonic() + 10.0
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=5)
+        self.procs.clear()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None

@@ -1,0 +1,451 @@
+"""Runs the dead-peer matrix: every client x situation, with and without kapatch.
+
+One batch per situation: all clients of that situation (each twice: without kapatch, and
+with kapatch enabled by environment variables only) connect to the lab host at once, and
+one silent cut is applied to the host. Every wait is bounded; the runner kills only the
+client processes it started, by pid, and the lab is torn down in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from integrations.client import CLIENTS, SITUATIONS, USER_BOUND
+from integrations.labservers import HTTP_PORT, REPO_ROOT, LabServers, clean_env
+from integrations.netlab import LAB_ADDR, TestHost, firewall_backend, leftovers, preflight
+
+# The kapatch policy the lab asks for, through the environment only.
+POLICY_IDLE, POLICY_INTERVAL, POLICY_COUNT = 2, 1, 2
+POLICY_BOUND = POLICY_IDLE + POLICY_INTERVAL * POLICY_COUNT  # 4 s
+POLICY_USER_TIMEOUT = 3  # s, set only in the user-timeout situation
+KAPATCH_ENV = {
+    "KAPATCH_ENABLED": "1",
+    "KAPATCH_IDLE": str(POLICY_IDLE),
+    "KAPATCH_INTERVAL": str(POLICY_INTERVAL),
+    "KAPATCH_COUNT": str(POLICY_COUNT),
+}
+KEEPALIVE_TOLERANCE = 1.0  # s over idle + interval * count
+USER_TIMEOUT_TOLERANCE = 2.0  # s over the user timeout (retransmission timer granularity)
+DEFAULT_CAP = 30.0  # s a client without kapatch is watched after the cut
+READY_TIMEOUT = 45.0  # s for all clients of a batch to connect and warm up
+SETTLE = 1.0  # s between the blocking requests and the cut: they are sent and ACKed
+TCP_RETRIES2_S = 924.6  # what tcp_retries2=15 gives with an unacknowledged send
+
+
+def kapatch_env(situation: str) -> dict[str, str]:
+    env = dict(KAPATCH_ENV)
+    if situation == "user-timeout":
+        env["KAPATCH_USER_TIMEOUT"] = str(POLICY_USER_TIMEOUT)
+    return env
+
+
+def bound_with_kapatch(situation: str) -> float:
+    """The time each client must detect the dead host within, with kapatch."""
+    if situation == "keepalive":
+        return POLICY_BOUND
+    if situation == "user-timeout":
+        return POLICY_USER_TIMEOUT
+    return USER_BOUND  # respect: the application's own values win
+
+
+def tolerance(situation: str) -> float:
+    return USER_TIMEOUT_TOLERANCE if situation == "user-timeout" else KEEPALIVE_TOLERANCE
+
+
+@dataclass
+class ClientRun:
+    """One client process in one batch."""
+
+    client: str
+    situation: str
+    kapatch: bool
+    proc: subprocess.Popen[str] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)
+    stderr_path: str = ""
+    conns: list[dict[str, Any]] = field(default_factory=list)  # ss at the cut
+    killed_at_cap: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def first(self, ev: str) -> dict[str, Any] | None:
+        with self.lock:
+            return next((e for e in self.events if e["ev"] == ev), None)
+
+    @property
+    def terminal(self) -> dict[str, Any] | None:
+        with self.lock:
+            return next((e for e in self.events if e["ev"] in ("error", "returned")), None)
+
+    @property
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+
+def _reader(run: ClientRun, stream: IO[str]) -> None:
+    for line in stream:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            run.noise.append(line.rstrip()[:300])
+            continue
+        with run.lock:
+            run.events.append(ev)
+
+
+def spawn(run: ClientRun, logdir: str) -> None:
+    env = clean_env()  # no KAPATCH_* at all without kapatch
+    if run.kapatch:
+        env.update(kapatch_env(run.situation))
+    env["PYTHONUNBUFFERED"] = "1"
+    run.stderr_path = os.path.join(
+        logdir, f"{run.situation}-{run.client}-{'kapatch' if run.kapatch else 'plain'}.err"
+    )
+    with open(run.stderr_path, "w") as err:
+        run.proc = subprocess.Popen(
+            [sys.executable, "-m", "integrations.client", run.client, run.situation],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO_ROOT,
+            env=env,
+        )
+    assert run.proc.stdout is not None
+    threading.Thread(target=_reader, args=(run, run.proc.stdout), daemon=True).start()
+
+
+def kill(run: ClientRun) -> None:
+    """Kill a client this runner started, by its pid."""
+    if run.proc is None:
+        return
+    if run.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(run.proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        run.proc.wait(timeout=5)
+    for stream in (run.proc.stdin, run.proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+_SS_PID = re.compile(r"pid=(\d+)")
+_SS_TIMER = re.compile(r"timer:\(([^)]*)\)")
+_SS_FIELD = re.compile(r"\b(lastsnd|lastrcv|lastack):(\d+)")
+_SS_LOCAL = re.compile(r"\s(\S+):(\d+)\s+" + re.escape(LAB_ADDR) + r":(\d+)\s")
+
+
+def ss_snapshot() -> tuple[float, dict[int, list[dict[str, Any]]]]:
+    """Established connections to the lab host, by owning pid: timer and last-packet ages."""
+    t = time.monotonic()
+    out = subprocess.run(
+        ["ss", "-tinpoH", "state", "established", "dst", LAB_ADDR],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout
+    by_pid: dict[int, list[dict[str, Any]]] = {}
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("\t", " ")):
+            continue
+        info = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("\t") else ""
+        fields = {k: int(v) for k, v in _SS_FIELD.findall(info)}
+        local = _SS_LOCAL.search(" " + line + " ")
+        timer = _SS_TIMER.search(line)
+        conn = {
+            "lport": int(local.group(2)) if local else None,
+            "rport": int(local.group(3)) if local else None,
+            "timer": timer.group(1) if timer else None,
+            **fields,
+        }
+        for pid in {int(p) for p in _SS_PID.findall(line)}:
+            by_pid.setdefault(pid, []).append(conn)
+    return t, by_pid
+
+
+def _wait_until(pred: Any, deadline: float, step: float = 0.05) -> bool:
+    while not pred():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+@dataclass
+class Batch:
+    situation: str
+    runs: list[ClientRun]
+    t_cut: float | None = None
+    t_end: float | None = None
+    silence: str = ""
+    wall_s: float = 0.0
+
+
+def run_batch(
+    host: TestHost, situation: str, clients: list[str], *, cap: float, logdir: str, log: Any
+) -> Batch:
+    t0 = time.monotonic()
+    runs = [ClientRun(c, situation, k) for c in clients for k in (False, True)]
+    batch = Batch(situation, runs)
+    try:
+        for r in runs:
+            spawn(r, logdir)
+
+        # 1. every client connected and warmed up (or failed) -- bounded.
+        def settled(r: ClientRun) -> bool:
+            return r.first("ready") is not None or r.terminal is not None or r.exited
+
+        _wait_until(lambda: all(settled(r) for r in runs), time.monotonic() + READY_TIMEOUT)
+        live = [r for r in runs if r.first("ready") is not None and r.terminal is None]
+        log(f"[{situation}] {len(live)}/{len(runs)} clients ready")
+        if situation != "user-timeout":
+            _wait_until(
+                lambda: all(r.first("blocking") or r.terminal or r.exited for r in live),
+                time.monotonic() + 10,
+            )
+        time.sleep(SETTLE)
+
+        # 2. the silent cut, with the last-packet ages of every connection just before it.
+        t_snap, by_pid = ss_snapshot()
+        for r in runs:
+            if r.proc is not None:
+                r.conns = [{**c, "t_snapshot": t_snap} for c in by_pid.get(r.proc.pid, [])]
+        batch.t_cut = host.cut()
+        log(f"[{situation}] cut at t={batch.t_cut:.3f}")
+        if situation == "user-timeout":
+            for r in live:
+                assert r.proc is not None
+                assert r.proc.stdin is not None
+                with contextlib.suppress(OSError):
+                    r.proc.stdin.write("go\n")
+                    r.proc.stdin.flush()
+        batch.silence = host.probe_silence(HTTP_PORT)
+
+        # 3. watch until every client saw an error, or the cap.
+        deadline = batch.t_cut + cap + (1.0 if situation == "user-timeout" else 0.0)
+        _wait_until(lambda: all(r.terminal is not None or r.exited for r in live), deadline)
+        batch.t_end = time.monotonic()
+        for r in live:
+            if r.terminal is None and not r.exited:
+                r.killed_at_cap = True
+    finally:
+        for r in runs:
+            kill(r)
+        host.heal()
+    time.sleep(0.2)  # let the reader threads drain
+    batch.wall_s = time.monotonic() - t0
+    return batch
+
+
+# ---------------------------------------------------------------- results
+
+
+def _last_packet(run: ClientRun) -> float | None:
+    ts = []
+    for c in run.conns:
+        ages = [c[k] for k in ("lastrcv", "lastack") if k in c]
+        if ages:
+            ts.append(c["t_snapshot"] - min(ages) / 1000.0)
+    return max(ts) if ts else None
+
+
+def _opts_summary(opts: list[dict[str, Any]]) -> str:
+    if not opts:
+        return "no socket seen"
+    parts = []
+    for o in opts:
+        ka = f"{o['idle']}/{o['interval']}/{o['count']}" if o["keepalive"] else "off"
+        ut = f", user timeout {o['user_timeout_ms']} ms" if o["user_timeout_ms"] else ""
+        parts.append(f"keepalive {ka}{ut}")
+    return "; ".join(sorted(set(parts)))
+
+
+def _kernel_bound(situation: str, opts: list[dict[str, Any]]) -> str:
+    """What the options the kernel reports would give, for the no-kapatch column."""
+    if not opts:
+        return "?"
+    o = opts[0]
+    if situation == "user-timeout":
+        if o["user_timeout_ms"]:
+            return f"{o['user_timeout_ms'] / 1000:g} s (user timeout)"
+        return f"~{TCP_RETRIES2_S:g} s (tcp_retries2=15)"
+    if o["user_timeout_ms"] and o["keepalive"]:
+        return f"~{max(o['user_timeout_ms'] / 1000, o['idle'] + o['interval']):g} s"
+    if o["keepalive"]:
+        return f"{o['idle'] + o['interval'] * o['count']} s (keepalive)"
+    return "never (keepalive off)"
+
+
+def _stderr_tail(run: ClientRun) -> str:
+    try:
+        return Path(run.stderr_path).read_text(errors="replace")[-1500:]
+    except OSError:
+        return ""
+
+
+def result_of(batch: Batch, run: ClientRun, cap: float) -> dict[str, Any]:
+    ready = run.first("ready")
+    start = run.first("start")
+    term = run.terminal
+    sent = run.first("sent")
+    opts = ready["opts"] if ready else []
+    res: dict[str, Any] = {
+        "client": run.client,
+        "situation": run.situation,
+        "kapatch": run.kapatch,
+        "env": kapatch_env(run.situation) if run.kapatch else {},
+        "kapatch_loaded": bool(start and start.get("kapatch_loaded")),
+        "opts": opts,
+        "opts_summary": _opts_summary(opts),
+        "kernel_bound": _kernel_bound(run.situation, opts),
+        "conns_at_cut": run.conns,
+        "cap_s": cap,
+        "error": None,
+        "detect_s": None,
+        "from_last_packet_s": None,
+        "noise": run.noise[-5:],
+    }
+    if ready is None:
+        res["status"] = "setup-failed"
+        if term is not None:
+            res["error"] = {k: term.get(k) for k in ("type", "message", "errno")}
+        else:
+            res["stderr_tail"] = _stderr_tail(run)
+        return res
+    ref = sent["t"] if (run.situation == "user-timeout" and sent) else batch.t_cut
+    res["measured_from"] = "send" if run.situation == "user-timeout" else "cut"
+    if term is not None and term["ev"] == "error":
+        res["status"] = "detected"
+        res["detect_s"] = round(term["t"] - ref, 3) if ref is not None else None
+        res["error"] = {k: term.get(k) for k in ("type", "message", "errno")}
+        lp = _last_packet(run)
+        if lp is not None and run.situation != "user-timeout":
+            res["from_last_packet_s"] = round(term["t"] - lp, 3)
+    elif term is not None:
+        res["status"] = "returned"
+        res["result"] = term.get("result")
+    elif run.killed_at_cap:
+        res["status"] = "hanging"
+        if batch.t_end is not None and ref is not None:
+            res["hanging_s"] = round(batch.t_end - ref, 3)
+    else:
+        res["status"] = "exited"
+        res["stderr_tail"] = _stderr_tail(run)
+    res["verdict"] = verdict(res)
+    return res
+
+
+def verdict(res: dict[str, Any]) -> dict[str, Any]:
+    """Did this row do what the lab expects? `ok` plus the expectation in words."""
+    sit, with_k = res["situation"], res["kapatch"]
+    d = res.get("detect_s")
+    if sit == "respect":
+        lo, hi = POLICY_BOUND + KEEPALIVE_TOLERANCE, USER_BOUND + KEEPALIVE_TOLERANCE
+        return {
+            "expect": f"detected after {lo:g} s < t <= {hi:g} s (the application's own "
+            f"{USER_BOUND} s, not the policy's {POLICY_BOUND} s)",
+            "ok": res["status"] == "detected" and d is not None and lo < d <= hi,
+        }
+    if with_k:
+        b = bound_with_kapatch(sit) + tolerance(sit)
+        return {
+            "expect": f"detected within {b:g} s",
+            "ok": res["status"] == "detected" and d is not None and d <= b,
+        }
+    return {
+        "expect": f"still hanging at the cap ({res['cap_s']:g} s)",
+        "ok": res["status"] == "hanging",
+    }
+
+
+def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
+    versions = {}
+    for dist in ("kapatch", "requests", "urllib3", "httpx", "redis", "psycopg", "psycopg-pool"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    rows = [result_of(b, r, cap) for b in batches for r in b.runs]
+    return {
+        "generated_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "firewall": firewall_backend(),
+        "policy_env": KAPATCH_ENV,
+        "user_timeout_env": {"KAPATCH_USER_TIMEOUT": str(POLICY_USER_TIMEOUT)},
+        "user_keepalive": {"bound_s": USER_BOUND},
+        "cap_s": cap,
+        "wall_s": round(wall_s, 1),
+        "batches": [
+            {
+                "situation": b.situation,
+                "silence_probe": b.silence,
+                "wall_s": round(b.wall_s, 1),
+            }
+            for b in batches
+        ],
+        "rows": rows,
+        "ok": all(r.get("verdict", {}).get("ok") for r in rows),
+    }
+
+
+# ---------------------------------------------------------------- the whole lab
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_lab(
+    situations: list[str] | None = None,
+    clients: list[str] | None = None,
+    cap: float = DEFAULT_CAP,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Set up the lab, run the batches, tear everything down; return the results."""
+    reason = preflight()
+    if reason:
+        raise RuntimeError(reason)
+    situations = situations or list(SITUATIONS)
+    clients = clients or list(CLIENTS)
+    previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    host, servers = TestHost(), LabServers()
+    t0 = time.monotonic()
+    batches: list[Batch] = []
+    try:
+        host.create()
+        servers.start()
+        assert servers.tmpdir is not None
+        logdir = str(servers.tmpdir)
+        log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} (http, redis, postgresql)")
+        for situation in situations:
+            batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))
+        # Collect while the client logs still exist.
+        results = collect(batches, cap, time.monotonic() - t0)
+    finally:
+        try:
+            servers.stop()
+        finally:
+            host.destroy()
+            for s, h in previous.items():
+                signal.signal(s, h)
+    results["wall_s"] = round(time.monotonic() - t0, 1)
+    results["leftovers"] = leftovers()
+    return results
