@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,8 @@ from servers import (
     start_postgres,
     start_redis,
 )
+
+import kapatch
 
 # --- private real servers on loopback (session-scoped, stopped by their own pid) ---
 
@@ -64,3 +67,18 @@ def http_proxy() -> Iterator[HttpProxy]:
     """HTTP forward proxy on 127.0.0.1 (absolute-URI and CONNECT): .url, .log.entries."""
     with start_http_proxy() as proxy:
         yield proxy
+
+
+# --- isolation: no test sees the developer's KAPATCH_* settings or another test's install ---
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in [n for n in os.environ if n.startswith("KAPATCH_")]:
+        del os.environ[name]
+    kapatch.uninstall()  # in case the .pth activated kapatch in this very process
+
+
+@pytest.fixture(autouse=True)
+def _uninstall_after_each_test() -> Iterator[None]:
+    yield
+    kapatch.uninstall()
