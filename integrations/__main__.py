@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from integrations.client import CLIENTS, SITUATIONS
-from integrations.netlab import preflight
+from integrations.netlab import LabError, preflight
 from integrations.report import write
 from integrations.runner import DEFAULT_CAP, run_lab
 
@@ -31,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"dead-peer lab cannot run: {reason}", file=sys.stderr)
         return 2
-    results = run_lab(args.situation, args.client, args.cap, log=lambda m: print(m, flush=True))
+    try:
+        results = run_lab(args.situation, args.client, args.cap, log=lambda m: print(m, flush=True))
+    except LabError as exc:
+        print(f"dead-peer lab failed: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dead-peer lab interrupted; everything it created was removed", file=sys.stderr)
+        return 130
     md, js = write(results, args.out)
     bad = [r for r in results["rows"] if not r.get("verdict", {}).get("ok")]
     print(f"wrote {md} and {js}; wall time {results['wall_s']} s")

@@ -26,6 +26,15 @@ REDIS_PORT = 6379
 PG_PORT = 5432
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
+TMP_PREFIX = "kplab-run-"
+
+
+def sweep_stale_tmpdirs() -> list[str]:
+    """Remove temporary directories of earlier runs (call only while holding the lab lock)."""
+    stale = glob.glob(os.path.join(tempfile.gettempdir(), TMP_PREFIX + "*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def clean_env() -> dict[str, str]:
@@ -111,7 +120,8 @@ class LabServers:
         reason = missing_servers()
         if reason:
             raise LabUnavailable(reason)
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="kplab-"))
+        sweep_stale_tmpdirs()
+        self.tmpdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
         self.tmpdir.chmod(0o755)
         self._start_http()
         self._start_redis()

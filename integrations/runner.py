@@ -426,6 +426,8 @@ def run_lab(
     situations = situations or list(SITUATIONS)
     clients = clients or list(CLIENTS)
     previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Also when started with SIGINT ignored (e.g. `cmd &` in a script): Ctrl-C still cleans up.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     host, servers = TestHost(), LabServers()
     t0 = time.monotonic()
     batches: list[Batch] = []
