@@ -175,7 +175,7 @@ def _count(value: object, setting: str) -> int | None:
         raise ConfigError(setting, value, allowed)
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdecimal():
+        if not (text.isascii() and text.isdecimal()):  # isdecimal alone takes any Unicode digit
             raise ConfigError(setting, value, allowed)
         number = int(text)
     elif isinstance(value, int):
