@@ -70,7 +70,7 @@ class Matcher:
 
 
 def _port(text: str, setting: str, pattern: str) -> int:
-    if not text.isdecimal() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= 65535:
         raise ConfigError(setting, pattern, f"port {text!r} is not 1-65535; " + PATTERN_HELP)
     return int(text)
 
