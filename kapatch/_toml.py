@@ -45,25 +45,28 @@ def read_toml(path: str, adapter_names: Iterable[str], setting: str = "config") 
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(setting, path, f"not valid TOML: {error}") from None
     if Path(path).name == "pyproject.toml":
-        data = data.get("tool", {}).get("kapatch", {})
+        tool = data.get("tool", {})
+        data = tool.get("kapatch", {}) if isinstance(tool, dict) else {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: tool.kapatch", data, "a table: [tool.kapatch]")
     adapters = set(adapter_names)
     layer = Layer(f"file {path}")
     for key, value in data.items():
         where = f"{path}: {key}"
         if key == "rule":
             _read_rules(layer, value, path, adapters)
-        elif key in adapters and isinstance(value, dict):
+        elif key in adapters:
+            if not isinstance(value, dict):
+                raise ConfigError(where, value, f"a table of {key}'s own settings: [{key}]")
             _read_adapter(layer, key, value, path)
-        elif key in GLOBAL_SETTINGS and key != "config":
+        elif key == "config":
+            raise ConfigError(where, value, "a config file cannot name another; set KAPATCH_CONFIG instead")
+        elif key in GLOBAL_SETTINGS:
             layer.set(key, GLOBAL_SETTINGS[key](value, where), f"file {where}")
         else:
-            allowed = [*GLOBAL_SETTINGS, "rule", *adapters]
+            allowed = [*(k for k in GLOBAL_SETTINGS if k != "config"), "rule", *sorted(adapters)]
             raise ConfigError(
-                where,
-                value,
-                "unknown key"
-                + suggest(key, allowed)
-                + f"; keys are {', '.join(k for k in allowed if k != 'config')}",
+                where, value, "unknown key" + suggest(key, allowed) + f"; keys are {', '.join(allowed)}"
             )
     return layer
 
