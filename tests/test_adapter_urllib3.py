@@ -1,0 +1,460 @@
+"""The urllib3 adapter (and so requests) against real servers on loopback.
+
+Every assertion reads the options back from the live connection's own socket
+(``conn.sock`` of the pooled ``HTTPConnection``) with getsockopt (``kapatch.inspect``).
+urllib3 and requests are imported here at module level, i.e. before ``install()``;
+the imported-after case runs in a fresh interpreter. Runs on urllib3 2.x and 1.26.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+
+import kapatch
+from kapatch import Rule
+from kapatch.adapters.urllib3 import Urllib3Adapter, explicit_keepalive
+from kapatch.profiles import PROFILES
+
+FAST = PROFILES["fast-failover"].policy  # idle 10, interval 5, count 3, user timeout 25 s
+TIMEOUT = urllib3.Timeout(connect=5, read=10)
+
+# A user's own keepalive choice, as requests-toolbelt's TCPKeepAliveAdapter would pass it.
+USER_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 4),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2),
+]
+
+Install = Callable[..., kapatch.Status]
+
+# Taken at import, before any test installs kapatch.
+ORIGINAL_NEW_CONN = vars(HTTPConnection)["_new_conn"]
+
+
+@pytest.fixture
+def install() -> Iterator[Install]:
+    """``kapatch.install`` isolated from the process environment; always uninstalled after."""
+
+    def do(**settings: Any) -> kapatch.Status:
+        settings.setdefault("environ", {})
+        return kapatch.install(**settings)
+
+    try:
+        yield do
+    finally:
+        kapatch.uninstall()
+
+
+def pooled_socket(pool: HTTPConnectionPool) -> socket.socket:
+    """The one live socket idle in *pool* (the connection the last request used)."""
+    socks = [conn.sock for conn in list(pool.pool.queue) if conn is not None and conn.sock is not None]
+    assert len(socks) == 1, f"expected one pooled connection, found {len(socks)}"
+    return socks[0]
+
+
+def request_pool(response: requests.Response) -> HTTPConnectionPool:
+    """The pool a requests response's connection went back to (its key holds TLS kwargs)."""
+    pool = response.raw._pool
+    assert isinstance(pool, HTTPConnectionPool)
+    return pool
+
+
+def counts(adapter: str = "urllib3") -> dict[str, int]:
+    return dict(kapatch.status().adapter(adapter).counts)
+
+
+def get(manager: urllib3.PoolManager, url: str) -> urllib3.BaseHTTPResponse:
+    response = manager.request("GET", url, timeout=TIMEOUT, retries=False)
+    assert response.status == 200
+    assert response.data == b"ok\n"
+    return response
+
+
+# --------------------------------------------------------------------------- urllib3 direct
+
+
+def test_imported_before_install_is_patched_at_once(install):
+    status = install(profile="fast-failover")
+    assert status.adapter("urllib3").enabled
+    assert status.adapter("urllib3").reason == "patched"
+    assert vars(HTTPConnection)["_new_conn"] is not ORIGINAL_NEW_CONN
+
+
+def test_pool_manager_connection_carries_the_policy(install, http_server):
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert state.mismatches(FAST) == ()
+    assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout_ms) == (
+        True,
+        10,
+        5,
+        3,
+        25_000,
+    )
+    # The urllib3 adapter decided, not the raw-socket fallback: one decision per socket.
+    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts("socket")["configured"] == 0
+
+
+def test_pooled_reuse_keeps_one_socket_decided_once(install, http_server):
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager()
+    pool = manager.connection_from_url(http_server.url)
+    get(manager, http_server.url + "/ok")
+    first = pooled_socket(pool)
+    for _ in range(3):
+        get(manager, http_server.url + "/ok")
+    assert pooled_socket(pool) is first
+    assert pool.num_connections == 1
+    assert kapatch.inspect(first).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+def test_connection_pool_used_directly(install, http_server):
+    install(idle="12s", interval="3s", count=4)
+    with HTTPConnectionPool(http_server.host, http_server.port, maxsize=1) as pool:
+        assert pool.request("GET", "/ok", timeout=TIMEOUT).status == 200
+        state = kapatch.inspect(pooled_socket(pool))
+    assert (state.idle, state.interval, state.count, state.user_timeout_ms) == (12, 3, 4, 24_000)
+
+
+def test_https_connection_carries_the_policy(install, https_server):
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(https_server.ca_file))
+    get(manager, https_server.url + "/ok")
+    sock = pooled_socket(manager.connection_from_url(https_server.url))
+    assert hasattr(sock, "cipher")  # really the TLS socket urllib3 reads from
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+def test_ipv6_connection_carries_the_policy(install, http_server_v6):
+    install(profile="aws")
+    manager = urllib3.PoolManager()
+    get(manager, http_server_v6.url + "/ok")
+    sock = pooled_socket(manager.connection_from_url(http_server_v6.url))
+    assert sock.family == socket.AF_INET6
+    assert kapatch.inspect(sock).mismatches(PROFILES["aws"].policy) == ()
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def test_http_proxy_connection_carries_the_policy(install, http_server, http_proxy):
+    install(profile="fast-failover")
+    # Proxied pools pass socket_options=[]: the policy must reach them regardless.
+    manager = urllib3.ProxyManager(http_proxy.url)
+    get(manager, http_server.url + "/ok")
+    assert ("GET", http_server.url + "/ok") in http_proxy.log.entries
+    sock = pooled_socket(manager.connection_from_url(http_server.url))
+    assert sock.getpeername()[1] == http_proxy.port  # the socket goes to the proxy
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+def test_https_through_proxy_connect_tunnel_carries_the_policy(install, https_server, http_proxy):
+    install(profile="fast-failover")
+    manager = urllib3.ProxyManager(
+        http_proxy.url, cert_reqs="CERT_REQUIRED", ca_certs=str(https_server.ca_file)
+    )
+    get(manager, https_server.url + "/ok")
+    assert ("CONNECT", f"{https_server.host}:{https_server.port}") in http_proxy.log.entries
+    sock = pooled_socket(manager.connection_from_url(https_server.url))
+    assert sock.getpeername()[1] == http_proxy.port
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_requests_session_carries_the_policy(install, http_server):
+    install(profile="fast-failover")
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy from the machine's environment
+        response = session.get(http_server.url + "/ok", timeout=10)
+        assert response.status_code == 200
+        assert kapatch.inspect(pooled_socket(request_pool(response))).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+    assert counts("socket")["configured"] == 0
+
+
+def test_requests_https_session_carries_the_policy(install, https_server):
+    install(profile="fast-failover")
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(https_server.url + "/ok", verify=str(https_server.ca_file), timeout=10)
+        assert response.ok
+        sock = pooled_socket(request_pool(response))
+        assert hasattr(sock, "cipher")
+        assert kapatch.inspect(sock).mismatches(FAST) == ()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_requests_with_proxies_carries_the_policy(install, scheme, http_server, https_server, http_proxy):
+    install(profile="fast-failover")
+    server = http_server if scheme == "http" else https_server
+    proxies = {"http": http_proxy.url, "https": http_proxy.url}
+    with requests.Session() as session:
+        session.trust_env = False
+        verify = str(https_server.ca_file)
+        response = session.get(server.url + "/ok", proxies=proxies, verify=verify, timeout=10)
+        assert response.ok
+        sock = pooled_socket(request_pool(response))
+    assert sock.getpeername()[1] == http_proxy.port
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    method = "GET" if scheme == "http" else "CONNECT"
+    assert any(entry[0] == method and str(server.port) in entry[1] for entry in http_proxy.log.entries)
+
+
+# --------------------------------------------------------------------------- per adapter, per destination
+
+
+def test_per_adapter_override_beats_the_global_policy(install, http_server):
+    install(idle="20s", overrides={"urllib3": {"idle": "7s"}})
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).idle == 7
+    # The same install gives a bare socket the global policy: the difference is the adapter's.
+    with socket.create_connection((http_server.host, http_server.port), timeout=5) as raw:
+        assert kapatch.inspect(raw).idle == 20
+
+
+def test_per_adapter_override_from_the_environment(install, http_server):
+    install(environ={"KAPATCH_IDLE": "20s", "KAPATCH_URLLIB3_IDLE": "7s", "KAPATCH_URLLIB3_COUNT": "2"})
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert (state.idle, state.count) == (7, 2)
+
+
+def test_skip_rule_matches_the_host_name_urllib3_dials(install, http_server):
+    # localhost and 127.0.0.1 are the same IP: only the host NAME tells them apart.
+    install(profile="fast-failover", rules=[Rule.build("localhost", skip=True, adapters=["urllib3"])])
+    manager = urllib3.PoolManager()
+    by_name = f"http://localhost:{http_server.port}"
+    get(manager, by_name + "/ok")
+    assert not kapatch.inspect(pooled_socket(manager.connection_from_url(by_name))).enabled
+    assert counts()["skipped"] == 1
+    get(manager, http_server.url + "/ok")  # http://127.0.0.1:port
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+def test_changing_rule_matches_the_host_name(install, http_server):
+    install(profile="fast-failover", rules=[Rule.build("local*", idle="9s", adapters=["urllib3"])])
+    manager = urllib3.PoolManager()
+    url = f"http://localhost:{http_server.port}"
+    get(manager, url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(url)))
+    assert (state.idle, state.interval, state.count) == (9, 5, 3)
+
+
+def test_proxied_connection_is_matched_by_the_proxy_host(install, http_server, http_proxy):
+    # The socket goes to the proxy (127.0.0.1), so a rule naming the target must not skip it...
+    install(profile="fast-failover", rules=[Rule.build("localhost", skip=True, adapters=["urllib3"])])
+    manager = urllib3.ProxyManager(http_proxy.url)
+    target = f"http://localhost:{http_server.port}"
+    get(manager, target + "/ok")
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(target))).mismatches(FAST) == ()
+    # ...and one naming the proxy does.
+    install(profile="fast-failover", rules=[Rule.build("127.0.0.1", skip=True, adapters=["urllib3"])])
+    manager = urllib3.ProxyManager(http_proxy.url)
+    get(manager, target + "/ok")
+    assert not kapatch.inspect(pooled_socket(manager.connection_from_url(target))).enabled
+    assert counts()["skipped"] == 1
+
+
+def test_rule_for_another_adapter_does_not_touch_urllib3(install, http_server):
+    install(profile="fast-failover", rules=[Rule.build("127.0.0.1", skip=True, adapters=["socket"])])
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).enabled
+
+
+# --------------------------------------------------------------------------- respect / override
+
+
+def test_respect_mode_keeps_the_users_socket_options(install, http_server):
+    install(profile="fast-failover")  # mode respect is the default
+    manager = urllib3.PoolManager(socket_options=HTTPConnection.default_socket_options + USER_KEEPALIVE)
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout_ms) == (
+        True,
+        33,
+        4,
+        2,
+        0,
+    )
+    assert counts() == {"configured": 0, "respected": 1, "skipped": 0, "failed": 0}
+
+
+def test_respect_mode_keeps_keepalive_explicitly_off(install, http_server):
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager(socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)])
+    get(manager, http_server.url + "/ok")
+    assert not kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).enabled
+    assert counts()["respected"] == 1
+
+
+def test_respect_mode_keeps_timings_given_without_so_keepalive(install, http_server):
+    # Only TCP_KEEPIDLE: SO_KEEPALIVE stays off in the kernel, yet the user did choose.
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager(socket_options=[(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)])
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert (state.enabled, state.idle) == (False, 33)
+    assert counts()["respected"] == 1
+
+
+def test_respect_mode_keeps_the_users_options_through_a_proxy(install, http_server, http_proxy):
+    install(profile="fast-failover")
+    manager = urllib3.ProxyManager(http_proxy.url, socket_options=USER_KEEPALIVE)
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert (state.idle, state.interval, state.count) == (33, 4, 2)
+    assert counts()["respected"] == 1
+
+
+def test_other_socket_options_are_not_an_explicit_keepalive(install, http_server):
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    get(manager, http_server.url + "/ok")
+    sock = pooled_socket(manager.connection_from_url(http_server.url))
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # the user's option stays
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    assert counts()["configured"] == 1
+
+
+@pytest.mark.parametrize("how", ["argument", "per-adapter"])
+def test_override_mode_replaces_the_users_socket_options(install, http_server, how):
+    if how == "argument":
+        install(profile="fast-failover", mode="override")
+    else:
+        install(profile="fast-failover", overrides={"urllib3": {"mode": "override"}})
+    manager = urllib3.PoolManager(socket_options=USER_KEEPALIVE)
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert state.mismatches(FAST) == ()
+    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0}
+
+
+def test_disabled_urllib3_adapter_leaves_its_sockets_to_the_socket_adapter(install, http_server):
+    status = install(profile="fast-failover", disabled_adapters=["urllib3"])
+    assert not status.adapter("urllib3").enabled
+    assert vars(HTTPConnection)["_new_conn"] is ORIGINAL_NEW_CONN
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).mismatches(FAST) == ()
+    assert counts("socket")["configured"] == 1
+
+
+# --------------------------------------------------------------------------- uninstall, status
+
+
+def test_uninstall_restores_the_original_method_and_defaults(install, http_server):
+    install(profile="fast-failover")
+    assert vars(HTTPConnection)["_new_conn"] is not ORIGINAL_NEW_CONN
+    kapatch.uninstall()
+    assert vars(HTTPConnection)["_new_conn"] is ORIGINAL_NEW_CONN
+    assert HTTPConnection._new_conn is ORIGINAL_NEW_CONN
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert not state.enabled
+    assert state.user_timeout_ms == 0
+
+
+def test_status_counts_configured_respected_skipped(install, http_server):
+    install(profile="fast-failover", rules=[Rule.build("localhost", skip=True, adapters=["urllib3"])])
+    plain = urllib3.PoolManager()
+    own = urllib3.PoolManager(socket_options=USER_KEEPALIVE)
+    get(plain, http_server.url + "/ok")
+    get(plain, http_server.url + "/ok")  # reused: not decided again
+    get(own, http_server.url + "/ok")
+    get(plain, f"http://localhost:{http_server.port}/ok")
+    assert counts() == {"configured": 1, "respected": 1, "skipped": 1, "failed": 0}
+    assert "configured=1 respected=1 skipped=1" in kapatch.status().render()
+
+
+def test_supported_versions():
+    assert Urllib3Adapter.unavailable_reason() is None
+    assert Urllib3Adapter.supported_range() == ">=1.26, <3"
+    assert Urllib3Adapter.installed_version() == urllib3.__version__
+
+
+def test_explicit_keepalive_reads_socket_options():
+    assert explicit_keepalive(None) is None
+    assert explicit_keepalive([]) is None
+    assert explicit_keepalive([(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) is None
+    assert explicit_keepalive(((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),)) is True
+    assert explicit_keepalive([(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000)]) is True
+    assert explicit_keepalive([("junk",), None, (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]) is True
+
+
+# --------------------------------------------------------------------------- imported after install()
+
+_AFTER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import kapatch
+    assert "urllib3" not in sys.modules, "kapatch must not import urllib3"
+    status = kapatch.install(environ={}, profile="fast-failover", overrides={"urllib3": {"idle": "7s"}})
+    waiting = status.adapter("urllib3").reason
+    import {library}
+    import urllib3
+    patched = kapatch.status().adapter("urllib3").reason
+    if "{library}" == "requests":
+        session = requests.Session()
+        session.trust_env = False
+        response = session.get(sys.argv[1] + "/ok", timeout=10)
+        assert response.ok
+        pool = response.raw._pool
+    else:
+        manager = urllib3.PoolManager()
+        assert manager.request("GET", sys.argv[1] + "/ok", retries=False).status == 200
+        pool = manager.connection_from_url(sys.argv[1])
+    [sock] = [c.sock for c in list(pool.pool.queue) if c is not None and c.sock is not None]
+    state = kapatch.inspect(sock)
+    counts = dict(kapatch.status().adapter("urllib3").counts)
+    kapatch.uninstall()
+    print(json.dumps(dict(waiting=waiting, patched=patched, idle=state.idle,
+                          interval=state.interval, count=state.count, counts=counts)))
+    """
+)
+
+
+@pytest.mark.parametrize("library", ["urllib3", "requests"])
+def test_library_imported_after_install(http_server, library):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KAPATCH")}
+    result = subprocess.run(
+        [sys.executable, "-c", _AFTER_SCRIPT.replace("{library}", library), http_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["waiting"] == "waiting for import of urllib3.connection"
+    assert found["patched"] == "patched"
+    assert (found["idle"], found["interval"], found["count"]) == (7, 5, 3)
+    assert found["counts"]["configured"] == 1
