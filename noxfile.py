@@ -1,0 +1,49 @@
+"""Version matrix: `nox -s oldest newest` (scripts/test runs both).
+
+oldest: the oldest supported Python and client libraries (urllib3 1.26, redis-py 5.0,
+psycopg 3.1); newest: the newest Python here with the newest releases. The dead-peer
+lab runs once, in the main suite, not per version.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "pytest-asyncio>=0.23", "hypothesis>=6.100"]
+OLDEST = [
+    "urllib3==1.26.*",
+    "requests==2.31.*",
+    "redis==5.0.*",
+    "psycopg[binary]==3.1.*",
+    "psycopg-pool==3.2.*",
+    "httpx==0.25.*",
+    "wrapt==1.14.*",
+    "tomli==1.1.*",
+]
+
+
+def _python(version: str) -> str | None:
+    # Fall back to nox's own interpreter where the wanted one is not installed.
+    return version if shutil.which(f"python{version}") else None
+
+
+def _run_suite(session: nox.Session) -> None:
+    session.run("python", "-m", "pytest", "-m", "not lab", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=_python("3.10"))
+def oldest(session: nox.Session) -> None:
+    session.install("-e", ".", *TEST_DEPS, *OLDEST)
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    _run_suite(session)
+
+
+@nox.session(python=_python("3.13"))
+def newest(session: nox.Session) -> None:
+    session.install("--upgrade", "-e", ".[all]", *TEST_DEPS)
+    _run_suite(session)
