@@ -333,6 +333,50 @@ def test_respect_mode_keeps_the_users_options_through_a_proxy(install, http_serv
     assert counts()["respected"] == 1
 
 
+def test_reassigned_default_socket_options_are_judged_by_what_reaches_the_socket(
+    install, http_server, monkeypatch
+):
+    # urllib3 2.x binds default_socket_options as a default argument when the class is
+    # created, so reassigning it does not reach the socket there; 1.26 reads it per
+    # connection. Either way kapatch respects exactly what urllib3 really sets.
+    monkeypatch.setattr(HTTPConnection, "default_socket_options", USER_KEEPALIVE)
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    if urllib3.__version__.startswith("1."):
+        assert (state.idle, state.interval, state.count) == (33, 4, 2)
+        assert counts()["respected"] == 1
+    else:
+        assert state.mismatches(FAST) == ()
+        assert counts()["configured"] == 1
+
+
+def test_default_socket_options_extended_in_place_are_respected(install, http_server):
+    # Mutating the bound list itself reaches every connection in both versions.
+    defaults = HTTPConnection.default_socket_options
+    saved = list(defaults)
+    defaults.extend(USER_KEEPALIVE)
+    try:
+        install(profile="fast-failover")
+        manager = urllib3.PoolManager()
+        get(manager, http_server.url + "/ok")
+        state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    finally:
+        defaults[:] = saved
+    assert (state.idle, state.interval, state.count) == (33, 4, 2)
+    assert counts()["respected"] == 1
+
+
+def test_port_rule_matches_the_port_urllib3_dials(install, http_server):
+    install(
+        profile="fast-failover", rules=[Rule.build(f"*:{http_server.port}", idle="8s", adapters=["urllib3"])]
+    )
+    manager = urllib3.PoolManager()
+    get(manager, http_server.url + "/ok")
+    assert kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).idle == 8
+
+
 def test_other_socket_options_are_not_an_explicit_keepalive(install, http_server):
     install(profile="fast-failover")
     manager = urllib3.PoolManager(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
