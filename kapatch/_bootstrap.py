@@ -1,0 +1,156 @@
+"""Activation without code: what the ``.pth``/``.start`` gate and ``import kapatch.auto`` run.
+
+Both doors install from the environment and the config file through one function,
+:func:`activate`, which does nothing when kapatch is installed already (by the other
+door or by an explicit :func:`kapatch.install`): a process is never installed twice.
+
+A configuration error never stops the program by default: it becomes one warning on
+the ``kapatch`` logger (stderr at interpreter start, when no handler is configured yet)
+and the program runs unpatched. ``KAPATCH_ON_ERROR=raise`` fails fast instead: at
+interpreter start the process exits with status 78 (EX_CONFIG) and the message, because
+an exception raised from a ``.pth`` line is only printed by site.py (and ``SystemExit``
+there dies as "Fatal Python error: init_import_site"); ``import kapatch.auto`` raises the
+:class:`ConfigError` to its importer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._errors import ConfigError
+from ._status import Status
+
+__all__ = [
+    "EX_CONFIG",
+    "GATE_MODULE",
+    "GATE_VARIABLE",
+    "PTH_NAME",
+    "START_NAME",
+    "activate",
+    "activation_files",
+    "auto",
+    "gate_open",
+    "start",
+]
+
+EX_CONFIG = 78
+"""Exit status at interpreter start with ``KAPATCH_ON_ERROR=raise`` (sysexits.h EX_CONFIG)."""
+
+GATE_VARIABLE = "KAPATCH_ENABLED"
+PTH_NAME = "kapatch.pth"
+START_NAME = "kapatch.start"
+GATE_MODULE = "_kapatch_gate.py"
+_OFF_WORDS = ("", "0", "false", "no", "off")  # the same tuple as in kapatch.pth and _kapatch_gate
+
+logger = logging.getLogger("kapatch")
+
+_lock = threading.Lock()
+_reported: set[str] = set()
+
+
+def gate_open(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``KAPATCH_ENABLED`` opens the interpreter-start gate."""
+    value = (os.environ if environ is None else environ).get(GATE_VARIABLE, "")
+    return value.strip().lower() not in _OFF_WORDS
+
+
+def activate(environ: Mapping[str, str] | None = None) -> tuple[Status, bool]:
+    """Install from environment + config file unless installed already; raises ConfigError.
+
+    Returns the status and whether this call installed.
+    """
+    from . import runtime
+    from .config import load_config
+
+    with _lock:
+        if runtime.current_config() is not None:
+            return runtime.status(), False
+        config = load_config(environ=environ)
+        return runtime.install_config(config), True
+
+
+def start() -> None:
+    """Interpreter start (via ``_kapatch_gate``): never raises; exits 78 only when asked to."""
+    try:
+        activate()
+    except Exception as error:
+        _report(error, at_startup=True)
+
+
+def auto() -> None:
+    """``import kapatch.auto``: install; warn and carry on, or raise with KAPATCH_ON_ERROR=raise.
+
+    When this call turned kapatch on and ``KAPATCH_ENABLED`` is unset, it sets
+    ``KAPATCH_ENABLED=1`` in ``os.environ`` so that Python processes this one starts
+    (subprocess, multiprocessing spawn) are patched the same way through ``kapatch.pth``.
+    """
+    try:
+        status, installed_now = activate()
+    except Exception as error:
+        _report(error, at_startup=False)
+        return
+    config = status.config
+    if installed_now and config is not None and config.enabled and GATE_VARIABLE not in os.environ:
+        os.environ[GATE_VARIABLE] = "1"
+
+
+def _report(error: Exception, *, at_startup: bool) -> None:
+    message = str(error) if isinstance(error, ConfigError) else f"activation failed: {error!r}"
+    if _wants_raise():
+        if not at_startup:
+            raise error
+        sys.stderr.write(
+            f"kapatch: {message}\nkapatch: KAPATCH_ON_ERROR=raise: stopping before the program starts "
+            f"(exit status {EX_CONFIG})\n"
+        )
+        sys.stderr.flush()
+        os._exit(EX_CONFIG)  # SystemExit from a .pth line is a fatal error with a traceback
+    with _lock:
+        if message in _reported:  # the .pth line already said it; import kapatch.auto stays quiet
+            return
+        _reported.add(message)
+    logger.warning(
+        "kapatch: %s; this process runs WITHOUT kapatch (KAPATCH_ON_ERROR=raise stops it instead)",
+        message,
+    )
+
+
+def _wants_raise() -> bool:
+    """``on_error`` when the configuration could not be merged: the variable, else the file."""
+    raw = os.environ.get("KAPATCH_ON_ERROR", "").strip().lower()
+    if raw:
+        return raw == "raise"
+    path = os.environ.get("KAPATCH_CONFIG", "").strip()
+    if not path:
+        return False
+    try:
+        from ._registry import adapter_names
+        from ._toml import read_toml
+
+        found = read_toml(path, adapter_names()).settings.get("on_error")
+    except Exception:  # the file itself may be what is broken
+        return False
+    return found is not None and found.value == "raise"
+
+
+def activation_files(site_dirs: list[str] | None = None) -> dict[str, Path | None]:
+    """Where this interpreter's ``kapatch.pth``, ``kapatch.start`` and gate module are (or None).
+
+    For ``kapatch doctor`` / ``kapatch run``: automatic activation works only where
+    site.py processes these files (not under ``python -S``, nor in another environment).
+    """
+    import site
+
+    if site_dirs is None:
+        site_dirs = [*site.getsitepackages()]
+        if site.ENABLE_USER_SITE:
+            site_dirs.append(site.getusersitepackages())
+    found: dict[str, Path | None] = dict.fromkeys((PTH_NAME, START_NAME, GATE_MODULE))
+    for name in found:
+        found[name] = next((Path(d, name) for d in site_dirs if Path(d, name).is_file()), None)
+    return found
