@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import _socket
 import functools
 import socket
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Protocol
 
 from ._plan import Plan
 from ._platforms import _FALLBACKS, compile_for, current_platform
@@ -14,6 +16,7 @@ from .policy import Policy
 __all__ = [
     "ApplyResult",
     "KeepaliveState",
+    "SocketLike",
     "apply_plan",
     "compile_plan",
     "inspect",
@@ -32,11 +35,31 @@ def compile_plan(policy: Policy, platform: str | None = None, module: ModuleType
     return compile_for(policy, current_platform(platform), module)
 
 
-def not_tcp_reason(sock: socket.socket) -> str | None:
+class SocketLike(Protocol):
+    """A socket, or a socket-like object such as asyncio's ``TransportSocket``."""
+
+    @property
+    def family(self) -> int: ...
+    @property
+    def type(self) -> int: ...
+    def getsockopt(self, level: int, optname: int, /) -> int: ...
+
+
+# The C-level getters return plain ints; socket.socket's properties convert each to an enum,
+# which is most of the cost of this check on every connect.
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+
+
+def not_tcp_reason(sock: SocketLike) -> str | None:
     """Why *sock* is not a TCP socket kapatch may touch, or ``None`` when it is."""
-    if sock.family not in _TCP_FAMILIES:
+    if isinstance(sock, _socket.socket):
+        family, kind = _raw_family(sock), _raw_type(sock)
+    else:  # asyncio's TransportSocket and other socket-likes
+        family, kind = sock.family, sock.type
+    if family not in _TCP_FAMILIES:
         return f"not TCP: family {sock.family!s}"
-    if sock.type != socket.SOCK_STREAM:
+    if kind != socket.SOCK_STREAM:
         return f"not TCP: type {sock.type!s}"
     return None
 
@@ -116,7 +139,7 @@ class KeepaliveState:
         return tuple(found)
 
 
-def inspect(sock: socket.socket) -> KeepaliveState:
+def inspect(sock: SocketLike) -> KeepaliveState:
     """Read the effective keepalive settings of a TCP socket back from the kernel.
 
     Raises ``ValueError`` for a socket that is not TCP (UDP, Unix): keepalive does not apply.
