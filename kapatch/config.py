@@ -210,6 +210,7 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
     disabled = pick("disabled_adapters")
     exclude = pick("exclude")
     rules = [*(exclude.value if exclude else ()), *(r for layer in layers for r in layer.rules)]
+    _check_rules(rules, policy, adapter_configs, names)
     enabled = pick("enabled")
     on_error = pick("on_error")
     log_level = pick("log_level")
@@ -231,6 +232,32 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
         config_file=config_file,
         sources=MappingProxyType(sources),
     )
+
+
+def _check_rules(
+    rules: list[Rule], policy: Policy, adapter_configs: Mapping[str, AdapterConfig], names: tuple[str, ...]
+) -> None:
+    """Build each rule's policy for every adapter now, so a bad combination fails at install.
+
+    A rule that changes only ``idle`` on top of a policy that keeps the OS timings (or an
+    ``auto`` user timeout that grows past the limit) is invalid; found at connect time it
+    could only be logged, and an adapter calling ``decide()`` would raise into the application.
+    """
+    for rule in rules:
+        if rule.action != "apply":
+            continue
+        for adapter in names:
+            if rule.adapters is not None and adapter not in rule.adapters:
+                continue
+            found = adapter_configs.get(adapter)
+            try:
+                rule.policy_for(found.policy if found else policy)
+            except ConfigError as error:
+                raise ConfigError(
+                    f"rule {rule.matcher.text} ({rule.source}; {adapter} adapter)",
+                    error.value,
+                    f"{error.setting}: {error.allowed}",
+                ) from None
 
 
 def _source_setting(setting: Setting) -> str:
