@@ -8,18 +8,23 @@ the imported-after case runs in a fresh interpreter. Runs on urllib3 2.x and 1.2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import socketserver
+import struct
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
 import urllib3
+from servers import _connect_unobserved, _ProxyHandler
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
@@ -498,7 +503,118 @@ def test_library_imported_after_install(http_server, library):
     )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["waiting"] == "waiting for import of urllib3.connection"
+    assert found["waiting"].startswith("waiting for import of urllib3.connection")
     assert found["patched"] == "patched"
     assert (found["idle"], found["interval"], found["count"]) == (7, 5, 3)
     assert found["counts"]["configured"] == 1
+
+
+# --------------------------------------------------------------------------- SOCKS (PySocks)
+
+
+class _Socks5Handler(socketserver.StreamRequestHandler):
+    """Just enough SOCKS5 for urllib3's SOCKSProxyManager: no auth, CONNECT, loopback only."""
+
+    server: _Socks5Server
+
+    def handle(self) -> None:
+        self.connection.settimeout(10)
+        _version, methods = self.rfile.read(2)
+        self.rfile.read(methods)
+        self.wfile.write(b"\x05\x00")  # no authentication
+        _version, command, _reserved, kind = self.rfile.read(4)
+        if kind == 1:
+            host = socket.inet_ntoa(self.rfile.read(4))
+        elif kind == 3:
+            host = self.rfile.read(self.rfile.read(1)[0]).decode()
+        else:
+            host = socket.inet_ntop(socket.AF_INET6, self.rfile.read(16))
+        (port,) = struct.unpack("!H", self.rfile.read(2))
+        if command != 1 or host not in ("127.0.0.1", "localhost", "::1"):
+            self.wfile.write(b"\x05\x02\x00\x01" + bytes(6))  # not allowed
+            return
+        self.server.targets.append((host, port))
+        # The proxy's own upstream leg must not be seen (or counted) by kapatch's hook.
+        upstream = _connect_unobserved(host, port, 10)
+        self.wfile.write(b"\x05\x00\x00\x01" + bytes(6))
+        self.server.open.add(upstream)
+        try:
+            _ProxyHandler._relay(self.connection, upstream)
+        finally:
+            self.server.open.discard(upstream)
+            upstream.close()
+
+
+class _Socks5Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Socks5Handler)
+        self.targets: list[tuple[str, int]] = []
+        self.open: set[socket.socket] = set()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        self.open.add(request)
+        super().process_request(request, client_address)
+
+
+@pytest.fixture(scope="module")
+def socks_proxy() -> Iterator[_Socks5Server]:
+    pytest.importorskip("socks", reason="PySocks is not installed (urllib3[socks])")
+    server = _Socks5Server()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        for sock in list(server.open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_socks_proxy_connection_carries_the_urllib3_policy(install, http_server, socks_proxy):
+    from urllib3.contrib.socks import SOCKSProxyManager
+
+    install(profile="fast-failover", overrides={"urllib3": {"idle": "7s"}})
+    assert kapatch.status().adapter("urllib3").reason == "patched"
+    manager = SOCKSProxyManager(f"socks5h://127.0.0.1:{socks_proxy.port}")
+    get(manager, http_server.url + "/ok")
+    assert ("127.0.0.1", http_server.port) in socks_proxy.targets
+    sock = pooled_socket(manager.connection_from_url(http_server.url))
+    assert socket.socket.getpeername(sock)[1] == socks_proxy.port  # PySocks reports the target
+    state = kapatch.inspect(sock)
+    assert (state.enabled, state.idle, state.interval, state.count) == (True, 7, 5, 3)
+    assert counts()["configured"] == 1
+    assert counts("socket")["configured"] == 0  # claimed by urllib3, not the raw-socket fallback
+
+
+def test_socks_proxy_is_the_destination_rules_see(install, http_server, socks_proxy):
+    from urllib3.contrib.socks import SOCKSProxyManager
+
+    rules = [Rule.build(f"*:{socks_proxy.port}", skip=True, adapters=["urllib3"])]
+    install(profile="fast-failover", rules=rules)
+    manager = SOCKSProxyManager(f"socks5h://localhost:{socks_proxy.port}", socket_options=[])
+    get(manager, f"http://localhost:{http_server.port}/ok")
+    pool = manager.connection_from_url(f"http://localhost:{http_server.port}")
+    assert not kapatch.inspect(pooled_socket(pool)).enabled
+    assert counts()["skipped"] == 1
+
+
+def test_requests_with_a_socks_proxy_carries_the_policy(install, http_server, socks_proxy):
+    install(profile="fast-failover")
+    proxies = {"http": f"socks5://127.0.0.1:{socks_proxy.port}"}
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(http_server.url + "/ok", proxies=proxies, timeout=10)
+        assert response.ok
+        sock = pooled_socket(request_pool(response))
+    assert socket.socket.getpeername(sock)[1] == socks_proxy.port  # PySocks reports the target
+    assert kapatch.inspect(sock).mismatches(FAST) == ()
+    assert counts()["configured"] == 1

@@ -18,7 +18,10 @@ requests-toolbelt's ``TCPKeepAliveAdapter``, ...) are set by urllib3 on the sock
 TCP_KEEPIDLE/INTVL/CNT, TCP_USER_TIMEOUT) is the application's choice and is kept.
 Without such an entry the kernel's SO_KEEPALIVE state decides, as for a bare socket.
 
-Not covered: ``urllib3.contrib.socks.SOCKSConnection`` overrides ``_new_conn`` (PySocks).
+SOCKS (``urllib3.contrib.socks``, requests' ``socks5://`` proxies): ``SOCKSConnection``
+overrides ``_new_conn`` without calling it, and PySocks connects to the proxy through
+``socket.socket.connect`` as well, so its ``_new_conn`` is claimed too, with the SOCKS
+proxy as the host dialled.
 """
 
 from __future__ import annotations
@@ -65,42 +68,60 @@ def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool | None:
     return None
 
 
-def _dialled_host(connection: Any) -> str | None:
-    """The host this connection connects to (the proxy, when proxied), without IPv6 brackets."""
-    host = getattr(connection, "host", None)
-    if not isinstance(host, str) or not host:
-        return None
-    return host.strip("[]")
+def _endpoint(host: object, port: object) -> tuple[str | None, int | None]:
+    """``(host, port)`` for a claim; IPv6 brackets dropped, anything unexpected ``None``."""
+    return (
+        host.strip("[]") if isinstance(host, str) and host else None,
+        port if isinstance(port, int) and not isinstance(port, bool) else None,
+    )
+
+
+def _http_endpoint(connection: Any) -> tuple[str | None, int | None]:
+    # For a proxied connection (forwarding or CONNECT tunnel) urllib3 has already made
+    # the proxy the connection's host: the socket goes there.
+    return _endpoint(connection.host, connection.port)
+
+
+def _socks_endpoint(connection: Any) -> tuple[str | None, int | None]:
+    options = connection._socks_options
+    return _endpoint(options["proxy_host"], options["proxy_port"])
+
+
+_ENDPOINTS: dict[str, tuple[str, Callable[[Any], tuple[str | None, int | None]]]] = {
+    # module -> (class whose _new_conn opens the socket, where it connects)
+    "urllib3.connection": ("HTTPConnection", _http_endpoint),
+    "urllib3.contrib.socks": ("SOCKSConnection", _socks_endpoint),
+}
 
 
 class Urllib3Adapter(Adapter):
     name: ClassVar[str] = "urllib3"
     distribution = "urllib3"
-    modules = ("urllib3.connection",)
+    modules = tuple(_ENDPOINTS)
     minimum_version = (1, 26)
     below_version = (3,)
     needs_connect_hook = True
 
     def patch(self, module_name: str) -> None:
-        module = sys.modules[module_name]
-        self.patcher.wrap(module.HTTPConnection, "_new_conn", self._claim_new_conn)
+        class_name, endpoint = _ENDPOINTS[module_name]
+        connection_class = getattr(sys.modules[module_name], class_name)
 
-    def _claim_new_conn(
-        self,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        context = self.context
-        if context is None:  # disabled between lookup and call
-            return wrapped(*args, **kwargs)
-        try:
-            host = _dialled_host(instance)
-            port = instance.port if isinstance(getattr(instance, "port", None), int) else None
-            explicit = explicit_keepalive(getattr(instance, "socket_options", None))
-        except Exception as error:  # a connection class we do not know: connect unclaimed
-            context.record_failure(self.name, "reading the connection's host", error)
-            return wrapped(*args, **kwargs)
-        with context.claim(self.name, host, port, explicit=explicit):
-            return wrapped(*args, **kwargs)
+        def claim_new_conn(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            context = self.context
+            if context is None:  # disabled between lookup and call
+                return wrapped(*args, **kwargs)
+            try:
+                host, port = endpoint(instance)
+                explicit = explicit_keepalive(getattr(instance, "socket_options", None))
+            except Exception as error:  # an unknown connection subclass: connect unclaimed
+                context.record_failure(self.name, f"reading {class_name}'s destination", error)
+                return wrapped(*args, **kwargs)
+            with context.claim(self.name, host, port, explicit=explicit):
+                return wrapped(*args, **kwargs)
+
+        self.patcher.wrap(connection_class, "_new_conn", claim_new_conn)
