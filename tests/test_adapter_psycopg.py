@@ -25,7 +25,7 @@ import pytest
 
 import kapatch
 from kapatch import KeepaliveState, Policy, Rule
-from kapatch.adapters.psycopg import PsycopgAdapter, libpq_destination, libpq_parameters
+from kapatch.adapters.psycopg import PsycopgAdapter, libpq_destination, libpq_parameters, service_parameters
 from kapatch.profiles import PROFILES
 from kapatch.rules import Destination
 
@@ -262,6 +262,50 @@ def test_unix_socket_connection_is_left_alone(install: Install, postgres_server:
             duplicate.close()
         assert conn.execute("select 1").fetchone() == (1,)
     assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0}
+
+
+def write_service_file(path: Path, server: Any, *extra: str) -> Path:
+    lines = ["# a libpq service file", "[other]", "host=/nowhere", "[kapatch_test]",
+             "host=127.0.0.1", f"port={server.port}", f"user={server.user}", *extra]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_service_file_supplies_the_host(
+    install: Install, postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``service=`` names a pg_service.conf section: its host is TCP, so the policy applies."""
+    monkeypatch.setenv(
+        "PGSERVICEFILE", str(write_service_file(tmp_path / "pg_service.conf", postgres_server))
+    )
+    install(idle="11s", interval="3s", count=4, rules=[Rule.build(f"*:{postgres_server.port}", idle="27s")])
+    assert connect_state("service=kapatch_test") == exact(POLICY.evolve(idle=27))
+    monkeypatch.setenv("PGSERVICE", "kapatch_test")
+    assert connect_state("") == exact(POLICY.evolve(idle=27))
+
+
+def test_service_file_keepalive_is_explicit(
+    install: Install, postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_service_file(tmp_path / "pg_service.conf", postgres_server, "keepalives_idle=36")
+    monkeypatch.setenv("PGSERVICEFILE", str(path))
+    install(idle="11s", interval="3s", count=4)
+    assert connect_state("service=kapatch_test").idle == 36
+    assert counts()["respected"] == 1
+
+
+def test_service_parameters_lookup(tmp_path: Path) -> None:
+    user = tmp_path / "user.conf"
+    user.write_text("[a]\nhost=user.internal\n")
+    system = tmp_path / "pg_service.conf"
+    system.write_text("[a]\nhost=system.internal\n[b]\nhost=b.internal\nport=1\n[c]\nport=2\n")
+    environ = {"PGSERVICEFILE": str(user), "PGSYSCONFDIR": str(tmp_path)}
+    assert service_parameters({"service": "a"}, environ) == {"host": "user.internal"}
+    assert service_parameters({"service": "b"}, environ) == {"host": "b.internal", "port": "1"}
+    assert service_parameters({}, {**environ, "PGSERVICE": "b"}) == {"host": "b.internal", "port": "1"}
+    assert service_parameters({"service": "a", "servicefile": str(system)}, {}) == {"host": "system.internal"}
+    assert service_parameters({"service": "missing"}, environ) == {}
+    assert service_parameters({}, environ) == {}
 
 
 # --- respect and override modes ------------------------------------------------------

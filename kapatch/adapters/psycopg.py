@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..rules import Destination
@@ -29,7 +30,13 @@ from ._base import Adapter
 if TYPE_CHECKING:
     from ..policy import Policy
 
-__all__ = ["KEEPALIVE_PARAMETERS", "PsycopgAdapter", "libpq_destination", "libpq_parameters"]
+__all__ = [
+    "KEEPALIVE_PARAMETERS",
+    "PsycopgAdapter",
+    "libpq_destination",
+    "libpq_parameters",
+    "service_parameters",
+]
 
 logger = logging.getLogger("kapatch")
 
@@ -113,6 +120,57 @@ def libpq_destination(
     return None
 
 
+def _read_service(path: Path, service: str) -> dict[str, str] | None:
+    """The ``[service]`` section of one libpq service file, or ``None`` when it has none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    found: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if found is not None:
+                break  # libpq stops at the end of the first matching section
+            if line.rstrip("]")[1:] == service:
+                found = {}
+            continue
+        if found is not None and "=" in line:
+            key, _, value = line.partition("=")
+            found[key.strip()] = value.strip()
+    return found
+
+
+def service_parameters(
+    params: Mapping[str, object], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The parameters a libpq service (``service=`` or ``PGSERVICE``) adds, read as libpq does.
+
+    The user's file (``servicefile=``, ``PGSERVICEFILE``, ``~/.pg_service.conf``) first, then
+    ``$PGSYSCONFDIR/pg_service.conf``; libpq's compiled-in system directory is not known here.
+    """
+    environ = os.environ if environ is None else environ
+    service = str(params.get("service") or environ.get("PGSERVICE", "")).strip()
+    if not service:
+        return {}
+    user_file = str(params.get("servicefile") or environ.get("PGSERVICEFILE", "")).strip()
+    if user_file:
+        candidates = [Path(user_file)]
+    elif sys.platform == "win32":
+        candidates = [Path(environ.get("APPDATA", "")) / "postgresql" / ".pg_service.conf"]
+    else:
+        candidates = [Path(environ.get("HOME") or Path.home()) / ".pg_service.conf"]
+    if environ.get("PGSYSCONFDIR"):
+        candidates.append(Path(environ["PGSYSCONFDIR"]) / "pg_service.conf")
+    for candidate in candidates:
+        found = _read_service(candidate, service)
+        if found is not None:
+            return found
+    return {}
+
+
 class PsycopgAdapter(Adapter):
     name: ClassVar[str] = "psycopg"
     distribution = "psycopg"
@@ -194,6 +252,8 @@ class PsycopgAdapter(Adapter):
             params = conninfo_to_dict(conninfo, **libpq_kwargs)
         except Exception:
             return None  # a malformed conninfo: psycopg itself reports it to the application
+        # Values from a service file fill what the conninfo leaves out, as in libpq.
+        params = {**service_parameters(params), **params}
         destination = libpq_destination(params)
         if destination is None:
             return None
