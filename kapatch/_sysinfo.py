@@ -27,6 +27,7 @@ __all__ = [
     "AdapterInfo",
     "KernelProbe",
     "activation_files",
+    "activation_works",
     "adapter_infos",
     "kernel_defaults",
     "platform_summary",
@@ -139,7 +140,7 @@ def adapter_infos() -> tuple[AdapterInfo, ...]:
 class ActivationFile:
     path: str
     line: str
-    """The line that mentions kapatch (what the interpreter runs at start)."""
+    """The first non-comment line that mentions kapatch (what the interpreter runs at start)."""
 
 
 def _site_dirs() -> list[str]:
@@ -179,7 +180,44 @@ def activation_files() -> tuple[ActivationFile, ...]:
                 text = Path(path).read_text(errors="replace")
             except OSError:
                 continue
-            lines = [line.strip() for line in text.splitlines() if "kapatch" in line]
+            lines = [
+                line.strip()
+                for line in text.splitlines()
+                if "kapatch" in line and not line.lstrip().startswith("#")
+            ]
             if lines:
                 found.append(ActivationFile(path, lines[0]))
     return tuple(found)
+
+
+_ACTIVATION_PROBE = (
+    "import sys; runtime = sys.modules.get('kapatch.runtime'); "
+    "print('patched' if runtime is not None and runtime.current_config() is not None else 'not patched')"
+)
+
+
+def activation_works(timeout: float = 30.0) -> tuple[bool, str]:
+    """Start a fresh interpreter with ``KAPATCH_ENABLED=1`` and no code: is it patched?"""
+    import subprocess
+
+    env = {**os.environ, "KAPATCH_ENABLED": "1"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _ACTIVATION_PROBE],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"a fresh interpreter did not finish within {timeout:.0f} s"
+    answer = done.stdout.strip().splitlines()[-1:] or [""]
+    if answer[0] == "patched":
+        return True, "a fresh interpreter with KAPATCH_ENABLED=1 (and no code) is patched"
+    detail = " | ".join(done.stderr.strip().splitlines()[-3:])
+    return (
+        False,
+        f"a fresh interpreter with KAPATCH_ENABLED=1 was not patched ({answer[0] or 'no answer'})"
+        + (f": {detail}" if detail else ""),
+    )

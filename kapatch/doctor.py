@@ -25,6 +25,7 @@ from ._errors import ConfigError
 from ._sysinfo import (
     AdapterInfo,
     activation_files,
+    activation_works,
     adapter_infos,
     kernel_defaults,
     platform_summary,
@@ -166,6 +167,11 @@ def collect_report(
         report["platform"]["options"] = [op.name for op in plan.ioctls] + [op.name for op in plan.setsockopts]
         report["platform"]["unsupported"] = list(plan.unsupported)
         report["kernel_probe"] = _probe_section(config, [info.name for info in infos], problems)
+        if self_test and report["activation"]["files"]:
+            works, detail = activation_works()
+            report["activation"]["fresh_interpreter"] = detail
+            if not works:
+                problems.append(f"automatic activation is installed but {detail}")
         if self_test:
             result = _run_self_test(settings, _libraries(infos), timeout)
             report["self_test"] = result
@@ -279,7 +285,9 @@ def render_report(report: Mapping[str, Any]) -> str:
     lines.extend(f"  {found['path']}: {found['line']}" for found in activation["files"])
     if not activation["files"]:
         lines.append("  no kapatch .pth found in site-packages")
-    lines.append(f"  KAPATCH_ENABLED={activation['KAPATCH_ENABLED'] or '(unset)'}")
+    if "fresh_interpreter" in activation:
+        lines.append(f"  checked: {activation['fresh_interpreter']}")
+    lines.append(f"  KAPATCH_ENABLED={activation['KAPATCH_ENABLED'] or '(unset)'} in this shell")
     result = report.get("self_test")
     if result is not None:
         _section(lines, "Live self-test (child process, loopback, options read back with getsockopt)")
