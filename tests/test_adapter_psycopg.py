@@ -9,6 +9,7 @@ case runs in a fresh interpreter. Runs on psycopg 3.1 to 3.3.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -480,6 +481,27 @@ def test_disabled_adapter_leaves_connections_alone(
     install(idle="11s", interval="3s", count=4, disabled_adapters=["psycopg"])
     assert vars(psycopg.Connection)["connect"] is ORIGINAL_CONNECT
     assert connect_state(postgres_server.dsn) == libpq_default
+
+
+def test_a_failure_inside_the_adapter_never_stops_the_connection(
+    install: Install, postgres_server: Any, libpq_default: KeepaliveState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: whatever breaks while preparing parameters, the connect goes on unchanged."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr("kapatch.adapters.psycopg.libpq_destination", broken)
+    install(idle="11s", interval="3s", count=4)
+    assert connect_state(postgres_server.dsn) == libpq_default
+    assert counts()["failed"] == 1
+
+
+def test_async_connect_is_still_a_coroutine_function(install: Install) -> None:
+    install(idle="11s", interval="3s", count=4)
+    assert vars(psycopg.AsyncConnection)["connect"] is not ORIGINAL_ASYNC_CONNECT
+    assert inspect.iscoroutinefunction(psycopg.AsyncConnection.connect)
+    assert inspect.signature(psycopg.connect) == inspect.signature(ORIGINAL_MODULE_CONNECT)
 
 
 def test_supported_versions() -> None:
