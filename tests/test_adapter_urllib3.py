@@ -222,8 +222,9 @@ def test_requests_with_proxies_carries_the_policy(install, scheme, http_server, 
         response = session.get(server.url + "/ok", proxies=proxies, verify=verify, timeout=10)
         assert response.ok
         sock = pooled_socket(request_pool(response))
-    assert sock.getpeername()[1] == http_proxy.port
-    assert kapatch.inspect(sock).mismatches(FAST) == ()
+        # Read while the session is open: closing it closes the proxy's pools.
+        assert sock.getpeername()[1] == http_proxy.port
+        assert kapatch.inspect(sock).mismatches(FAST) == ()
     method = "GET" if scheme == "http" else "CONNECT"
     assert any(entry[0] == method and str(server.port) in entry[1] for entry in http_proxy.log.entries)
 
@@ -615,6 +616,6 @@ def test_requests_with_a_socks_proxy_carries_the_policy(install, http_server, so
         response = session.get(http_server.url + "/ok", proxies=proxies, timeout=10)
         assert response.ok
         sock = pooled_socket(request_pool(response))
-    assert socket.socket.getpeername(sock)[1] == socks_proxy.port  # PySocks reports the target
-    assert kapatch.inspect(sock).mismatches(FAST) == ()
+        assert socket.socket.getpeername(sock)[1] == socks_proxy.port  # PySocks reports the target
+        assert kapatch.inspect(sock).mismatches(FAST) == ()
     assert counts()["configured"] == 1
