@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.connection
+import redis.cluster
 import redis.connection
 import redis.sentinel
 from servers import RedisServer, _self_signed_cert, free_port
@@ -375,45 +378,84 @@ def test_redis_imported_after_install(redis_server):
 # --------------------------------------------------------------------------- TLS and Sentinel
 
 
-@pytest.fixture(scope="module")
-def tls_redis() -> Iterator[tuple[int, Path]]:
-    """A second private redis-server speaking TLS only: (port, CA file)."""
+class _ServerExited(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def private_redis(name: str, arguments: Callable[[int, Path], list[str]]) -> Iterator[tuple[int, Path]]:
+    """Start ``redis-server <arguments(port, workdir)>`` on a free loopback port: (port, workdir).
+
+    Ready when it answers PING. A start that fails (e.g. the port was taken between
+    choosing and binding it) is retried on a fresh port; stopped by its own pid.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not found")
-    workdir = Path(tempfile.mkdtemp(prefix="kapatch-redis-tls-"))
-    cert, key = _self_signed_cert(workdir)
-    port = free_port(ipv6=False)
-    command = [
-        exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-        "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir),
-        "--logfile", str(workdir / "redis.log"), "--protected-mode", "no",
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=workdir)
+    workdir = Path(tempfile.mkdtemp(prefix=f"kapatch-{name}-"))
     try:
-        _wait_for(
-            lambda: redis.Redis(port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=2).ping(), proc
-        )
-        yield port, cert
+        for _ in range(3):
+            port = free_port(ipv6=False)
+            with (workdir / "stdout.log").open("ab") as output:
+                proc = subprocess.Popen(
+                    [exe, *arguments(port, workdir)], stdin=subprocess.DEVNULL, stdout=output, cwd=workdir
+                )
+            try:
+                _wait_for(lambda: redis.Redis(port=port, socket_timeout=2).ping(), proc)  # noqa: B023
+                yield port, workdir
+                return
+            except _ServerExited:
+                continue
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+        logs = [workdir / "stdout.log", workdir / "redis.log"]
+        tail = "".join(log.read_text(errors="replace")[-2000:] for log in logs if log.exists())
+        pytest.fail(f"{name} redis-server did not start:\n{tail}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_for(ready: Callable[[], object], proc: subprocess.Popen[bytes], attempts: int = 100) -> None:
+def _wait_for(ready: Callable[[], object], proc: subprocess.Popen[bytes] | None, attempts: int = 100) -> None:
     for _ in range(attempts):  # bounded: at most ~10 s
-        if proc.poll() is not None:
-            pytest.skip(f"redis-server exited with {proc.returncode} (no TLS support?)")
+        if proc is not None and proc.poll() is not None:
+            raise _ServerExited(proc.returncode)
         try:
             if ready():
                 return
         except (redis.RedisError, OSError):
             pass
+        if proc is None:
+            time.sleep(0.1)
+            continue
         with contextlib.suppress(subprocess.TimeoutExpired):  # a pause that ends early if it dies
             proc.wait(timeout=0.1)
     pytest.fail("server did not become ready")
+
+
+def _common(port: int, workdir: Path) -> list[str]:
+    return [
+        "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no",
+        "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[tuple[int, Path]]:
+    """A second private redis-server speaking TLS on its port, plain on a second one: (TLS port, CA)."""
+    ports: dict[str, int] = {}
+
+    def arguments(port: int, workdir: Path) -> list[str]:
+        cert, key = _self_signed_cert(workdir)
+        ports["tls"] = free_port(ipv6=False)
+        return [
+            "--port", str(port), "--tls-port", str(ports["tls"]), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+            *_common(port, workdir),
+        ]  # fmt: skip
+
+    with private_redis("redis-tls", arguments) as (_, workdir):
+        yield ports["tls"], workdir / "cert.pem"
 
 
 def test_ssl_connection_sync_and_asyncio(install, tls_redis):
@@ -445,26 +487,18 @@ def test_ssl_connection_sync_and_asyncio(install, tls_redis):
 @pytest.fixture(scope="module")
 def sentinel(redis_server: RedisServer) -> Iterator[int]:
     """A redis-sentinel monitoring the private redis-server as 'kapatch': its port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not found")
-    workdir = Path(tempfile.mkdtemp(prefix="kapatch-sentinel-"))
-    port = free_port(ipv6=False)
-    conf = workdir / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {workdir}\nlogfile {workdir / 'log'}\n"
-        f"sentinel monitor kapatch {redis_server.host} {redis_server.port} 1\n"
-    )
-    proc = subprocess.Popen(
-        [exe, str(conf), "--sentinel"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
-    try:
-        _wait_for(lambda: redis.Redis(port=port, socket_timeout=2).ping(), proc)
+
+    def arguments(port: int, workdir: Path) -> list[str]:
+        conf = workdir / "sentinel.conf"  # sentinel rewrites its config file: a private one
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {workdir}\n"
+            f"logfile {workdir / 'redis.log'}\n"
+            f"sentinel monitor kapatch {redis_server.host} {redis_server.port} 1\n"
+        )
+        return [str(conf), "--sentinel"]
+
+    with private_redis("redis-sentinel", arguments) as (port, _):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_sentinel_master_and_sentinel_connections(install, redis_server, sentinel):
@@ -484,3 +518,51 @@ def test_sentinel_master_and_sentinel_connections(install, redis_server, sentine
         master.close()
         for client in manager.sentinels:
             client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_port() -> Iterator[int]:
+    """A one-node redis cluster (every slot on one private server): its port."""
+
+    def arguments(port: int, workdir: Path) -> list[str]:
+        return [
+            "--port", str(port), "--cluster-enabled", "yes",
+            "--cluster-config-file", str(workdir / f"nodes-{port}.conf"), *_common(port, workdir),
+        ]  # fmt: skip
+
+    with private_redis("redis-cluster", arguments) as (port, _):
+        admin = redis.Redis(port=port, socket_timeout=5)
+        try:
+            admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            _wait_for(lambda: b"cluster_state:ok" in admin.execute_command("CLUSTER", "INFO"), None)
+        finally:
+            admin.close()
+        yield port
+
+
+def test_cluster_sync_and_asyncio(install, cluster_port):
+    install(profile="fast-failover", overrides={"redis": {"idle": "11s"}})
+    want = expected(FAST.evolve(idle="11s"))
+    cluster = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_port, socket_timeout=5)
+    try:
+        assert cluster.set("kapatch", "1")
+        pool = cluster.get_node_from_key("kapatch").redis_connection.connection_pool
+        sockets = [c._sock for c in pool._available_connections]
+        assert sockets
+        assert all(kapatch.inspect(s) == want for s in sockets)
+    finally:
+        cluster.close()
+
+    async def cluster_async() -> list[KeepaliveState]:
+        client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_port, socket_timeout=5)
+        try:
+            assert await client.set("kapatch", "2")
+            node = client.get_node_from_key("kapatch")
+            return [kapatch.inspect(c._writer.transport.get_extra_info("socket")) for c in node._free]
+        finally:
+            await client.aclose() if hasattr(client, "aclose") else await client.close()
+
+    found = asyncio.run(cluster_async())
+    assert found
+    assert all(state == want for state in found)
+    assert counts("socket")["configured"] == 0
