@@ -33,10 +33,16 @@ def enabled(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in OFF_WORDS
 
 
+_started = False
+
+
 def start() -> None:
     """Entry point of ``kapatch.pth`` / ``kapatch.start``; never raises."""
-    if not enabled():
+    global _started  # noqa: PLW0603 - once per process
+    # site.py can read one site-packages twice (a venv's lib64 -> lib symlink on Python 3.11).
+    if _started or not enabled():
         return
+    _started = True
     try:
         from kapatch._bootstrap import start as bootstrap_start
     except Exception as error:  # e.g. a broken install or missing wrapt: never stop the start

@@ -1,0 +1,468 @@
+"""Activation without code: KAPATCH_ENABLED through kapatch.pth, and ``import kapatch.auto``.
+
+Every check runs in a FRESH interpreter (``sys.executable`` in a subprocess): what the
+start-up hook does can only be seen at interpreter start, and the test process must never
+be patched by it. The child reads the options back from real connected sockets with
+getsockopt (without importing kapatch, so the "unset" case can also show that nothing of
+kapatch was imported) and prints them as JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from kapatch import _bootstrap
+from kapatch.profiles import DEFAULT_PROFILE, get_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+ACTIVATION = ROOT / "activation"
+CHILD_TIMEOUT = 60
+EX_CONFIG = 78
+
+# The child: records which kapatch/wrapt modules exist at interpreter start, optionally
+# imports modules (kapatch.auto), connects with each client named in argv[1] and reads
+# the kernel's view of each socket back.
+PROBE = r"""
+import json, os, socket, sys
+loaded_at_start = sorted(m for m in sys.modules if m.split(".")[0] in ("kapatch", "wrapt", "_kapatch_gate"))
+plan = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+for name in plan.get("import", ()):
+    __import__(name)
+
+def read(sock):
+    get = sock.getsockopt
+    return {
+        "keepalive": get(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "idle": get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "interval": get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        "count": get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        "user_timeout_ms": get(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    }
+
+out = {"loaded_at_start": loaded_at_start}
+if "socket" in plan:
+    with socket.create_connection(tuple(plan["socket"]), timeout=10) as s:
+        out["socket"] = read(s)
+if "requests" in plan:
+    import requests
+    with requests.Session() as session, session.get(plan["requests"] + "/ok", stream=True, timeout=10) as r:
+        out["requests"] = read(r.raw.connection.sock)
+if "redis" in plan:
+    import redis
+    client = redis.Redis.from_url(plan["redis"], socket_timeout=10)
+    client.ping()
+    connection = client.connection_pool.get_connection()
+    out["redis"] = read(connection._sock)
+    client.connection_pool.release(connection)
+    client.close()
+if "psycopg" in plan:
+    import psycopg
+    with psycopg.connect(plan["psycopg"], connect_timeout=10) as conn:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as s:
+            out["psycopg"] = read(s)
+kapatch = sys.modules.get("kapatch")
+out["installed"] = bool(kapatch is not None and kapatch.status().installed)
+out["env_enabled"] = os.environ.get("KAPATCH_ENABLED")
+print(json.dumps(out))
+"""
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any KAPATCH_* variable, plus *settings*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    env.update(settings)
+    return env
+
+
+def run_python(
+    args: list[str], env: Mapping[str, str], python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    # cwd "/": `python -c` puts the working directory first on sys.path, and the repository's
+    # own kapatch/ must not shadow the installed one.
+    return subprocess.run(
+        [python, *args],
+        env=dict(env),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        check=False,
+    )
+
+
+def probe(
+    plan: Mapping[str, object], env: Mapping[str, str], python: str = sys.executable
+) -> dict[str, object]:
+    """Run PROBE with *plan*; the child must exit 0 and print its JSON."""
+    done = run_python(["-c", PROBE, json.dumps(plan)], env, python)
+    assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stderr}"
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["stderr"] = done.stderr
+    return result
+
+
+def expected_policy() -> dict[str, int]:
+    policy = get_profile(DEFAULT_PROFILE).policy
+    assert policy.idle is not None and policy.interval is not None and policy.count is not None
+    return {
+        "keepalive": 1,
+        "idle": policy.idle,
+        "interval": policy.interval,
+        "count": policy.count,
+        "user_timeout_ms": policy.user_timeout_ms or 0,
+    }
+
+
+def kapatch_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "kapatch" in line.lower()]
+
+
+def require_adapter(name: str) -> None:
+    if importlib.util.find_spec(f"kapatch.adapters.{name}") is None:
+        pytest.skip(f"the {name} adapter is not in this tree yet")
+
+
+# --- the files and what ships them -------------------------------------------------------
+
+
+def test_activation_files_are_installed_in_this_environment():
+    """The venv the suite runs in must have them, or every child below tests nothing."""
+    found = _bootstrap.activation_files()
+    for name, source in (
+        (_bootstrap.PTH_NAME, "kapatch.pth"),
+        (_bootstrap.START_NAME, "kapatch.start"),
+        (_bootstrap.GATE_MODULE, "_kapatch_gate.py"),
+    ):
+        installed = found[name]
+        assert installed is not None, f"{name} is not installed here: run `pip install -e .` again"
+        assert installed.read_text() == (ACTIVATION / source).read_text(), (
+            f"{installed} is stale (pip install -e . copies it): reinstall"
+        )
+
+
+def _pth_import_line() -> str:
+    lines = [line for line in (ACTIVATION / "kapatch.pth").read_text().splitlines() if line.strip()]
+    code = [line for line in lines if not line.startswith("#")]
+    assert len(code) == 1, "site.py runs each import line; there must be exactly one"
+    assert code[0].startswith("import "), "site.py executes only lines starting with 'import '"
+    return code[0]
+
+
+def test_the_pth_gate_words_are_the_gate_modules_and_bootstraps():
+    gate = _load_gate_module()
+    line = _pth_import_line()
+    words = ast.literal_eval(re.search(r"not in (\([^)]*\))", line).group(1))  # type: ignore[union-attr]
+    assert words == gate.OFF_WORDS == _bootstrap._OFF_WORDS
+    for value in ("", "0", "false", "No", " off ", "1", "true", "yes", "maybe"):
+        env = {"KAPATCH_ENABLED": value}
+        assert gate.enabled(env) == _bootstrap.gate_open(env) == (value.strip().lower() not in words)
+
+
+def _load_gate_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("_kapatch_gate_source", ACTIVATION / "_kapatch_gate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_start_file_is_pep_829_entry_points_that_resolve():
+    entries = [
+        line.strip()
+        for line in (ACTIVATION / "kapatch.start").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert entries == ["_kapatch_gate:start"]
+    for entry in entries:
+        assert re.fullmatch(r"[\w.]+:[\w.]+", entry), "PEP 829 wants pkg.mod:callable, colon mandatory"
+        assert callable(pkgutil.resolve_name(entry))
+
+
+def test_start_entry_point_imports_nothing_when_unset():
+    """What Python 3.15+ calls on every start: it must stop at the environment check."""
+    code = (
+        "import sys, _kapatch_gate; _kapatch_gate.start(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kapatch', 'wrapt')))"
+    )
+    done = run_python(["-c", code], clean_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# --- KAPATCH_ENABLED alone -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false", "OFF", "no"])
+def test_unset_or_off_imports_and_patches_nothing(http_server, value):
+    env = clean_env() if value is None else clean_env(KAPATCH_ENABLED=value)
+    result = probe({"socket": [http_server.host, http_server.port]}, env)
+    assert result["loaded_at_start"] == []
+    assert result["installed"] is False
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+    assert kapatch_lines(str(result["stderr"])) == []
+
+
+def test_enabled_alone_patches_raw_sockets(http_server):
+    result = probe({"socket": [http_server.host, http_server.port]}, clean_env(KAPATCH_ENABLED="1"))
+    assert "kapatch.runtime" in result["loaded_at_start"]  # type: ignore[operator]
+    assert result["installed"] is True
+    assert result["socket"] == expected_policy()
+    assert kapatch_lines(str(result["stderr"])) == []
+
+
+def test_enabled_alone_patches_requests(http_server):
+    require_adapter("urllib3")
+    result = probe({"requests": http_server.url}, clean_env(KAPATCH_ENABLED="1"))
+    assert result["requests"] == expected_policy()
+
+
+def test_enabled_alone_patches_redis(redis_server):
+    require_adapter("redis")
+    result = probe({"redis": redis_server.url}, clean_env(KAPATCH_ENABLED="1"))
+    # redis-py 8 turns keepalive on by itself at 30/5/3: the policy must replace that default.
+    assert result["redis"] == expected_policy()
+
+
+def test_enabled_alone_patches_psycopg(postgres_server):
+    require_adapter("psycopg")
+    result = probe({"psycopg": postgres_server.dsn}, clean_env(KAPATCH_ENABLED="1"))
+    assert result["psycopg"] == expected_policy()
+
+
+def test_settings_from_the_environment_reach_the_socket(http_server):
+    env = clean_env(KAPATCH_ENABLED="yes", KAPATCH_IDLE="11s", KAPATCH_INTERVAL="3", KAPATCH_COUNT="4")
+    result = probe({"socket": [http_server.host, http_server.port]}, env)
+    assert result["socket"] == {
+        "keepalive": 1,
+        "idle": 11,
+        "interval": 3,
+        "count": 4,
+        "user_timeout_ms": (11 + 3 * 4) * 1000,
+    }
+
+
+def test_bad_value_warns_once_and_runs_unpatched(http_server):
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_IDLE="abc")
+    result = probe({"socket": [http_server.host, http_server.port]}, env)
+    lines = kapatch_lines(str(result["stderr"]))
+    assert len(lines) == 1, result["stderr"]
+    assert "KAPATCH_IDLE" in lines[0]
+    assert "'abc'" in lines[0]
+    assert "WITHOUT kapatch" in lines[0]
+    assert result["installed"] is False
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+
+
+def test_invalid_enabled_value_is_reported_not_ignored(http_server):
+    result = probe({"socket": [http_server.host, http_server.port]}, clean_env(KAPATCH_ENABLED="maybe"))
+    lines = kapatch_lines(str(result["stderr"]))
+    assert len(lines) == 1
+    assert "KAPATCH_ENABLED='maybe'" in lines[0]
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+
+
+def test_bad_value_with_on_error_raise_stops_before_the_program():
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_IDLE="abc", KAPATCH_ON_ERROR="raise")
+    done = run_python(["-c", "print('the program ran')"], env)
+    assert done.returncode == EX_CONFIG
+    assert done.stdout == ""
+    assert "KAPATCH_IDLE='abc'" in done.stderr
+    assert "KAPATCH_ON_ERROR=raise" in done.stderr
+    assert "Traceback" not in done.stderr  # a message, not site.py's "Error processing line"
+
+
+def test_on_error_raise_from_the_config_file_is_honoured(tmp_path):
+    config = tmp_path / "kapatch.toml"
+    config.write_text('on_error = "raise"\n')
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=str(config), KAPATCH_IDLE="abc")
+    done = run_python(["-c", "print('the program ran')"], env)
+    assert done.returncode == EX_CONFIG
+    assert "KAPATCH_IDLE='abc'" in done.stderr
+
+
+def test_unknown_variable_is_reported_with_a_suggestion(http_server):
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_IDEL="30")
+    result = probe({"socket": [http_server.host, http_server.port]}, env)
+    lines = kapatch_lines(str(result["stderr"]))
+    assert len(lines) == 1
+    assert "KAPATCH_IDEL" in lines[0]
+    assert "KAPATCH_IDLE" in lines[0]
+
+
+# --- import kapatch.auto --------------------------------------------------------------------
+
+
+def test_auto_installs_without_the_variable(http_server):
+    result = probe({"import": ["kapatch.auto"], "socket": [http_server.host, http_server.port]}, clean_env())
+    assert result["loaded_at_start"] == []  # the start-up hook stayed shut; the import did it
+    assert result["installed"] is True
+    assert result["socket"] == expected_policy()
+    assert result["env_enabled"] == "1"  # exported, so Python children are patched too
+
+
+def test_auto_respects_enabled_false(http_server):
+    plan = {"import": ["kapatch.auto"], "socket": [http_server.host, http_server.port]}
+    result = probe(plan, clean_env(KAPATCH_ENABLED="0"))
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+    assert result["env_enabled"] == "0"
+
+
+@pytest.mark.parametrize("client", ["requests", "redis", "psycopg"])
+def test_auto_patches_clients(client, http_server, redis_server, postgres_server):
+    require_adapter({"requests": "urllib3"}.get(client, client))
+    target = {"requests": http_server.url, "redis": redis_server.url, "psycopg": postgres_server.dsn}[client]
+    result = probe({"import": ["kapatch.auto"], client: target}, clean_env())
+    assert result[client] == expected_policy()
+
+
+def test_auto_bad_value_warns_once_and_runs_unpatched(http_server):
+    plan = {"import": ["kapatch.auto"], "socket": [http_server.host, http_server.port]}
+    result = probe(plan, clean_env(KAPATCH_IDLE="abc"))
+    lines = kapatch_lines(str(result["stderr"]))
+    assert len(lines) == 1, result["stderr"]
+    assert "KAPATCH_IDLE='abc'" in lines[0]
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+    assert result["env_enabled"] is None  # nothing was turned on, so nothing is exported
+
+
+def test_auto_after_the_start_hook_failed_does_not_warn_twice(http_server):
+    plan = {"import": ["kapatch.auto"], "socket": [http_server.host, http_server.port]}
+    result = probe(plan, clean_env(KAPATCH_ENABLED="1", KAPATCH_IDLE="abc"))
+    assert len(kapatch_lines(str(result["stderr"]))) == 1, result["stderr"]
+
+
+def test_auto_with_on_error_raise_raises_the_config_error():
+    env = clean_env(KAPATCH_IDLE="abc", KAPATCH_ON_ERROR="raise")
+    code = "import kapatch.auto\nprint('the program ran')"
+    done = run_python(["-c", code], env)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "kapatch._errors.ConfigError: KAPATCH_IDLE='abc'" in done.stderr
+
+
+def test_auto_after_the_start_hook_is_a_no_op():
+    code = (
+        "import kapatch.runtime as r; before = (r.context().generation, r.current_config())\n"
+        "import kapatch.auto\n"
+        "print(before == (r.context().generation, r.current_config()), before[1] is not None)"
+    )
+    done = run_python(["-c", code], clean_env(KAPATCH_ENABLED="1"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_auto_leaves_an_explicit_install_alone():
+    code = (
+        "import os, kapatch\n"
+        "kapatch.install(idle='7s', interval='2s', count=3)\n"
+        "import kapatch.auto\n"
+        "print(kapatch.runtime.current_config().policy.idle, os.environ.get('KAPATCH_ENABLED'))\n"
+        "kapatch.uninstall()"
+    )
+    done = run_python(["-c", code], clean_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "None"]
+
+
+# --- the built artefacts: a real wheel and a real editable install, in throwaway venvs -------
+
+
+def _purelib(venv: Path) -> Path:
+    return Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+
+
+def _make_venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    return path / "bin" / "python"
+
+
+def _pip_install(python: Path, *args: str) -> None:
+    # The suite's pip installs into the throwaway interpreter (pip >= 22.3 --python); the build
+    # backend (hatchling) comes from the package index in pip's isolated build environment.
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _deps_env(**settings: str) -> dict[str, str]:
+    """kapatch's own dependencies (wrapt) from the suite's environment, kapatch from the venv."""
+    return clean_env(PYTHONPATH=sysconfig.get_path("purelib"), **settings)
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(work / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (work / "dist").glob("kapatch-*.whl")
+    python = _make_venv(work / "venv")
+    _pip_install(python, str(wheel))
+    return python
+
+
+def test_wheel_ships_the_activation_files(wheel_venv):
+    purelib = _purelib(wheel_venv.parent.parent)
+    for name in ("kapatch.pth", "kapatch.start", "_kapatch_gate.py"):
+        assert (purelib / name).read_text() == (ACTIVATION / name).read_text()
+
+
+def test_wheel_install_activates_from_the_environment_alone(wheel_venv, http_server):
+    plan = {"socket": [http_server.host, http_server.port]}
+    off = probe(plan, _deps_env(), str(wheel_venv))
+    assert off["loaded_at_start"] == []
+    assert off["socket"]["keepalive"] == 0  # type: ignore[index]
+    code = "import kapatch; print(kapatch.__file__)"
+    where = run_python(["-c", code], _deps_env(), str(wheel_venv))
+    assert where.stdout.startswith(str(wheel_venv.parent.parent)), "kapatch must come from the wheel"
+    on = probe(plan, _deps_env(KAPATCH_ENABLED="1"), str(wheel_venv))
+    assert on["socket"] == expected_policy()
+
+
+def test_broken_install_warns_and_runs(wheel_venv, http_server):
+    """Without its dependency (wrapt) kapatch cannot import: one line, and the program runs."""
+    env = clean_env(KAPATCH_ENABLED="1")
+    result = probe({"socket": [http_server.host, http_server.port]}, env, str(wheel_venv))
+    lines = kapatch_lines(str(result["stderr"]))
+    assert len(lines) == 1, result["stderr"]
+    assert "could not be imported" in lines[0]
+    assert "wrapt" in lines[0]
+    assert result["socket"]["keepalive"] == 0  # type: ignore[index]
+    stop = run_python(
+        ["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_ON_ERROR="raise"), str(wheel_venv)
+    )
+    assert stop.returncode == EX_CONFIG
+    assert stop.stdout == ""
+
+
+def test_editable_install_ships_and_activates(tmp_path, http_server):
+    python = _make_venv(tmp_path / "venv")
+    _pip_install(python, "-e", str(ROOT))
+    purelib = _purelib(tmp_path / "venv")
+    assert (purelib / "kapatch.pth").read_text() == (ACTIVATION / "kapatch.pth").read_text()
+    where = run_python(["-c", "import kapatch; print(kapatch.__file__)"], _deps_env(), str(python))
+    assert where.stdout.strip() == str(ROOT / "kapatch" / "__init__.py")
+    on = probe({"socket": [http_server.host, http_server.port]}, _deps_env(KAPATCH_ENABLED="1"), str(python))
+    assert on["socket"] == expected_policy()
