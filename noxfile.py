@@ -14,7 +14,13 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "pytest-asyncio>=0.23", "hypothesis>=6.100"]
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "pytest-asyncio>=0.23",
+    "hypothesis>=6.100",
+    "PySocks>=1.7",
+]
 OLDEST = [
     "urllib3==1.26.*",
     "requests==2.31.*",
