@@ -145,6 +145,14 @@ def test_unix_sockets_are_not_tcp(params: dict[str, str]) -> None:
     assert libpq_destination(params, {}) is None
 
 
+def test_empty_host_is_libpqs_default_not_pghost() -> None:
+    """libpq reads PGHOST only for a host left out; ``host=''`` means its default socket."""
+    if sys.platform == "win32":
+        pytest.skip("libpq's default host on Windows is localhost")
+    assert libpq_destination({"host": ""}, {"PGHOST": "env.internal"}) is None
+    assert libpq_destination({}, {"PGHOST": "env.internal"}) == Destination("env.internal", None, 5432)
+
+
 # --- sync, async and pools: the exact effective policy on the connection's socket ------
 
 

@@ -4,15 +4,21 @@ libpq creates and connects its socket in C, so the socket hook never sees it.
 libpq sets the options itself when given ``keepalives``, ``keepalives_idle``,
 ``keepalives_interval``, ``keepalives_count`` (seconds) and ``tcp_user_timeout``
 (milliseconds), so this adapter wraps ``Connection.connect`` and
-``AsyncConnection.connect`` (psycopg_pool calls ``connection_class.connect``)
-and adds them to the call's keyword arguments, which win over the conninfo string.
+``AsyncConnection.connect`` (psycopg_pool calls ``connection_class.connect``), and
+``psycopg.connect``, a binding psycopg makes at import, and adds them to the call's
+keyword arguments, which win over the conninfo string. libpq's own default
+(keepalive on, OS timings) counts as not configured: the policy replaces it.
 
 Decided once per ``connect()`` call, for the first TCP host of the conninfo:
 libpq takes one set of keepalive parameters for all the hosts of a
 multi-host string, so the rules cannot differ per host. Rules see the host
 name the application gave and, when it is an IP literal or ``hostaddr`` is
 given, the IP; libpq resolves names in C, so CIDR rules do not match a bare
-host name. Unix-socket connections are not TCP: left alone, not counted.
+host name. Hosts and keepalive settings in a service file (``service=``) count
+as the application's. Unix-socket connections are not TCP: left alone, not counted.
+
+Not reached: a ``from psycopg import connect`` done *before* ``install()`` keeps
+the original binding (``psycopg.connect(...)`` and the classes are reached either way).
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def libpq_destination(
 
     def value(name: str) -> str:
         given = params.get(name)
-        if given is None or given == "":
+        if given is None:  # libpq reads the environment only for a parameter absent, not empty
             given = environ.get(_ENVIRONMENT[name], "")
         return str(given).strip()
 
