@@ -13,6 +13,7 @@ result on stdout (see :func:`main`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import json
@@ -199,22 +200,30 @@ def _redis(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
         client.close()
 
 
+def _libpq_parameters(pgconn: Any) -> str:
+    wanted = (
+        b"keepalives",
+        b"keepalives_idle",
+        b"keepalives_interval",
+        b"keepalives_count",
+        b"tcp_user_timeout",
+    )
+    params = {o.keyword.decode(): (o.val or b"").decode() for o in pgconn.info if o.keyword in wanted}
+    return ", ".join(f"{k}={v or '(unset)'}" for k, v in params.items())
+
+
+_PG_CONNINFO = (
+    "host=127.0.0.1 port={port} user=kapatch dbname=kapatch sslmode=disable gssencmode=disable "
+    "connect_timeout={timeout}"
+)
+
+
 @contextlib.contextmanager
 def _psycopg(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
     import psycopg
 
-    conninfo = (
-        f"host=127.0.0.1 port={port} user=kapatch dbname=kapatch sslmode=disable "
-        f"gssencmode=disable connect_timeout={max(2, int(timeout))}"
-    )
-    with psycopg.connect(conninfo) as conn:
-        params = {
-            option.keyword.decode(): (option.val or b"").decode()
-            for option in conn.pgconn.info
-            if option.keyword in (b"keepalives", b"keepalives_idle", b"keepalives_interval",
-                                  b"keepalives_count", b"tcp_user_timeout")
-        }  # fmt: skip
-        described = ", ".join(f"{k}={v or '(unset)'}" for k, v in params.items())
+    with psycopg.connect(_PG_CONNINFO.format(port=port, timeout=max(2, int(timeout)))) as conn:
+        described = _libpq_parameters(conn.pgconn)
         # libpq owns the fd: inspect a duplicate, close only the duplicate.
         with socket.socket(fileno=os.dup(conn.pgconn.socket)) as dup:
             yield (
@@ -223,12 +232,76 @@ def _psycopg(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
             )
 
 
+@contextlib.contextmanager
+def _private_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@contextlib.contextmanager
+def _asyncio_socket(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    with _private_loop() as loop:
+        opening = asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        _, writer = loop.run_until_complete(opening)
+        try:
+            yield (
+                writer.get_extra_info("socket"),
+                "asyncio.open_connection (selector loop), the transport's socket",
+            )
+        finally:
+            writer.close()
+            loop.run_until_complete(writer.wait_closed())
+
+
+@contextlib.contextmanager
+def _redis_asyncio(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    import redis.asyncio
+
+    with _private_loop() as loop:
+        client = redis.asyncio.Redis(
+            host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        pool: Any = client.connection_pool
+        connection: Any = pool.make_connection()
+        try:
+            loop.run_until_complete(connection.connect())
+            # redis.asyncio sets its keepalive options AFTER connecting: read back after that.
+            yield (
+                connection._writer.get_extra_info("socket"),
+                "redis.asyncio.Redis pool connection (RESP handshake done), the transport's socket",
+            )
+        finally:
+            loop.run_until_complete(connection.disconnect())
+            loop.run_until_complete(client.aclose())
+
+
+@contextlib.contextmanager
+def _psycopg_async(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
+    import psycopg
+
+    with _private_loop() as loop:
+        conninfo = _PG_CONNINFO.format(port=port, timeout=max(2, int(timeout)))
+        conn = loop.run_until_complete(psycopg.AsyncConnection.connect(conninfo))
+        try:
+            described = _libpq_parameters(conn.pgconn)
+            with socket.socket(fileno=os.dup(conn.pgconn.socket)) as dup:
+                yield dup, f"psycopg.AsyncConnection.connect, libpq socket; libpq parameters: {described}"
+        finally:
+            loop.run_until_complete(conn.close())
+
+
 # client name -> (library module to import, listener protocol, connect function, adapters that may own it)
 _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ...]]] = {
     "socket": (None, _serve_http, _raw_socket, ("socket",)),
     "urllib3": ("urllib3", _serve_http, _urllib3, ("urllib3", "socket")),
     "redis": ("redis", _serve_resp, _redis, ("redis", "socket")),
     "psycopg": ("psycopg", _serve_postgres, _psycopg, ("psycopg",)),
+    "asyncio": (None, _serve_http, _asyncio_socket, ("socket",)),
+    "redis.asyncio": ("redis", _serve_resp, _redis_asyncio, ("redis", "socket")),
+    "psycopg.async": ("psycopg", _serve_postgres, _psycopg_async, ("psycopg",)),
 }
 
 
@@ -278,7 +351,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     result["status"] = current.render()
     try:
         for client, (module, handler, connect, owners) in _CLIENTS.items():
-            if module is not None and (module not in libraries.values() or result["imports"].get(client)):
+            broken = any(result["imports"].get(name) for name, m in libraries.items() if m == module)
+            if module is not None and (module not in libraries.values() or broken):
                 continue  # not installed, or broken (reported above)
             result["checks"].append(
                 _check(

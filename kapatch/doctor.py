@@ -176,6 +176,12 @@ def collect_report(
             result = _run_self_test(settings, _libraries(infos), timeout)
             report["self_test"] = result
             problems.extend(_self_test_problems(result))
+            unverified = [c["client"] for c in result.get("checks", []) if not c.get("verified")]
+            if unverified and "crash" not in result:
+                notes.append(
+                    f"not verified on a socket: {', '.join(unverified)} (see the self-test notes: a rule, "
+                    "the adapter selection or respect mode left them alone)"
+                )
     if not self_test:
         report["self_test"] = {"skipped": "--no-self-test"}
     report["notes"] = notes

@@ -74,10 +74,14 @@ def test_doctor_passes_here_and_reads_every_client_back_from_the_kernel() -> Non
         Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_text()
     )
     checks = {c["client"]: c for c in report["self_test"]["checks"]}
-    assert set(checks) == {"socket", "urllib3", "redis", "psycopg"}
+    # each library's own adapter, not the socket fallback
+    owners = {
+        "socket": "socket", "asyncio": "socket", "urllib3": "urllib3", "redis": "redis",
+        "redis.asyncio": "redis", "psycopg": "psycopg", "psycopg.async": "psycopg",
+    }  # fmt: skip
+    assert {client: check["owner"] for client, check in checks.items()} == owners
     for client, check in checks.items():
         assert check["verified"], check
-        assert check["owner"] == client  # each library's own adapter, not the socket fallback
         assert check["mismatches"] == []
         # balanced profile, as read from the client's own socket
         assert check["kernel"] == {
@@ -129,7 +133,8 @@ def test_doctor_fails_when_an_installed_client_library_does_not_import(tmp_path:
     assert report["self_test"]["imports"]["redis"] == "ImportError: redis is broken on purpose"
     assert any("redis is installed but fails to import" in p for p in report["problems"]), report["problems"]
     # The other clients are still tested, and pass.
-    assert {c["client"] for c in report["self_test"]["checks"]} == {"socket", "urllib3", "psycopg"}
+    tested = {c["client"] for c in report["self_test"]["checks"]}
+    assert tested == {"socket", "asyncio", "urllib3", "psycopg", "psycopg.async"}
 
 
 def test_doctor_fails_on_an_installed_but_unsupported_version(tmp_path: Path) -> None:
