@@ -32,6 +32,8 @@ import redis.asyncio.connection
 import redis.cluster
 import redis.connection
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from servers import RedisServer, _self_signed_cert, free_port
 
 import kapatch
@@ -239,6 +241,46 @@ def test_per_adapter_override_mode(install, redis_server, state):
     install(overrides={"redis": {"mode": "override", "idle": "21s"}})
     found = state(redis_server, socket_keepalive=True, socket_keepalive_options=USER_OPTIONS)
     assert found == expected(BALANCED.evolve(idle="21s"))
+
+
+def _os_timings() -> tuple[int, int, int]:
+    names = ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")
+    return tuple(int(Path("/proc/sys/net/ipv4", name).read_text()) for name in names)  # type: ignore[return-value]
+
+
+@BOTH
+def test_os_timings_policy_does_not_inherit_redis_defaults(install, redis_server, state):
+    # SO_KEEPALIVE with the kernel's timings, not redis-py 8's 30/5/3 left underneath.
+    install(profile="os-default")
+    idle, interval, count = _os_timings()
+    assert state(redis_server) == KeepaliveState(True, idle, interval, count, 0)
+
+
+@BOTH
+def test_only_the_redis_adapter_selected(install, redis_server, baseline, state):
+    install(adapters=["redis"], profile="fast-failover")
+    assert state(redis_server) == expected(FAST)
+    raw = socket.create_connection((redis_server.host, redis_server.port), timeout=5)
+    with raw:
+        assert not kapatch.inspect(raw).enabled  # the socket adapter is off: raw sockets untouched
+
+
+def test_invalid_user_options_fail_as_without_kapatch(install, redis_server):
+    # Respect mode replays the user's own options, so redis reports its own error.
+    bad = {"socket_keepalive": True, "socket_keepalive_options": {9999: 1}, "retry": Retry(NoBackoff(), 0)}
+    errors = []
+    for installed in (False, True):
+        if installed:
+            install()
+        client = redis.Redis(host=redis_server.host, port=redis_server.port, **bad)
+        try:
+            with pytest.raises(redis.ConnectionError) as raised:
+                client.ping()
+            errors.append(type(raised.value))
+        finally:
+            client.close()
+    assert errors[0] is errors[1]
+    assert counts("redis")["respected"] >= 1
 
 
 def test_disabled_policy_leaves_redis_defaults(install, redis_server, baseline):
