@@ -388,7 +388,7 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("kapatch", "requests", "urllib3", "httpx", "redis", "psycopg", "psycopg-pool"):
         try:
             versions[dist] = metadata.version(dist)

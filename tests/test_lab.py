@@ -109,7 +109,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _row(lab: dict[str, Any], situation: str, client: str, kapatch: bool) -> dict[str, Any]:
-    for r in lab["rows"]:
+    rows: list[dict[str, Any]] = lab["rows"]
+    for r in rows:
         if (r["situation"], r["client"], r["kapatch"]) == (situation, client, kapatch):
             return r
     pytest.fail(f"no row for {situation} {client} kapatch={kapatch}")
