@@ -125,14 +125,23 @@ class RedisAdapter(Adapter):
 
     # -- the wrappers --------------------------------------------------------
     def _prepare(self, module_name: str, connection: Any) -> tuple[AdapterContext, _Settings] | None:
+        """Read the connection's settings and switch redis's own keepalive writes off, or ``None``.
+
+        The caller must put ``socket_keepalive`` back (``settings.keepalive``) when connected.
+        """
         context, defaults = self.context, self._defaults.get(module_name)
         if context is None or defaults is None:
             return None
         try:
-            return context, _read_settings(connection, defaults)
+            settings = _read_settings(connection, defaults)
+            # redis writes no keepalive option of its own during _connect: the connect hook
+            # configures the socket instead (the asyncio client would otherwise set redis's
+            # options on the transport's socket after connecting, over the policy).
+            connection.socket_keepalive = False
         except Exception as error:  # an unexpected subclass: connect as if kapatch were absent
             context.record_failure(self.name, "reading redis connection settings", error)
             return None
+        return context, settings
 
     def _connect_sync(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -141,7 +150,6 @@ class RedisAdapter(Adapter):
         if prepared is None:
             return wrapped(*args, **kwargs)
         context, settings = prepared
-        instance.socket_keepalive = False  # the connect hook configures keepalive instead
         try:
             with context.claim(self.name, settings.host, settings.port, explicit=settings.explicit):
                 sock = wrapped(*args, **kwargs)
@@ -175,9 +183,6 @@ class RedisAdapter(Adapter):
         if prepared is None:
             return await wrapped(*args, **kwargs)
         context, settings = prepared
-        # Without this, redis would set its options on the transport's socket after connecting,
-        # over what the hook applied at connect time.
-        instance.socket_keepalive = False
         try:
             with context.claim(self.name, settings.host, settings.port, explicit=settings.explicit):
                 result = await wrapped(*args, **kwargs)
