@@ -291,3 +291,19 @@ def test_status_installs_from_the_environment_and_cleans_up(
     monkeypatch.setenv("KAPATCH_COUNT", "0")
     assert run_status([]) == 2
     assert "KAPATCH_COUNT='0'" in capsys.readouterr().err
+
+
+def test_the_kapatch_command_dispatches_here(redis_server: RedisServer) -> None:
+    target = f"{redis_server.host}:{redis_server.port}"
+    done = subprocess.run(
+        [sys.executable, "-m", "kapatch.cli", "check", target, "--profile", "gcp", "--user-timeout", "off"],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "  TCP_KEEPIDLE      300 s        policy 300 s        ok" in done.stdout
+    assert "  TCP_USER_TIMEOUT  0 ms         policy 0 ms         ok" in done.stdout
+    assert "user_timeout <- argument" in done.stdout
