@@ -64,7 +64,13 @@ def ns_cmd(cmd: list[str]) -> list[str]:
 
 
 def firewall_backend() -> str | None:
-    """'nft' or 'iptables', whichever can drop packets inside the namespace."""
+    """'nft' or 'iptables', whichever can drop packets inside the namespace.
+
+    KPLAB_FIREWALL=nft|iptables forces one (e.g. to test the iptables path where both exist).
+    """
+    forced = os.environ.get("KPLAB_FIREWALL", "").strip()
+    if forced in ("nft", "iptables"):
+        return forced if shutil.which(forced) else None
     if shutil.which("nft"):
         return "nft"
     if shutil.which("iptables"):
