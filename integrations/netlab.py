@@ -40,6 +40,17 @@ assert ipaddress.ip_address(HOST_ADDR) in LAB_NET
 assert ipaddress.ip_address(LAB_ADDR) in LAB_NET
 
 
+def _ensure_sbin_on_path() -> None:
+    """Root's PATH on a minimal image may lack the sbin directories where ip/iptables live."""
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    extra = [d for d in ("/usr/local/sbin", "/usr/sbin", "/sbin") if d not in parts]
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([p for p in parts if p] + extra)
+
+
+_ensure_sbin_on_path()
+
+
 class LabUnavailable(RuntimeError):
     """The lab cannot run on this machine; the message says why."""
 
