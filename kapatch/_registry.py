@@ -19,6 +19,7 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "urllib3": "kapatch.adapters.urllib3:Urllib3Adapter",
     "redis": "kapatch.adapters.redis:RedisAdapter",
     "psycopg": "kapatch.adapters.psycopg:PsycopgAdapter",
+    "httpx": "kapatch.adapters.httpx:HttpxAdapter",
     "socket": "kapatch.adapters.socket:SocketAdapter",
 }
 

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +18,9 @@ import wrapt
 from ._connect_hook import ConnectHook
 from ._registry import adapter_entry_points
 from ._status import COUNTERS, AdapterStatus, Status
-from .adapters._base import Adapter, Decision
+from .adapters._base import Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
-from .policy import Mode
+from .policy import Mode, Policy
 from .rules import Destination, first_match
 from .sockopts import apply_plan, compile_plan, not_tcp_reason
 
@@ -33,15 +32,7 @@ __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 logger = logging.getLogger("kapatch")
 
 
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    adapter: str
-    host: str | None
-    port: int | None
-    explicit: bool | None
-
-
-_CLAIM: contextvars.ContextVar[_Claim | None] = contextvars.ContextVar("kapatch_claim", default=None)
+_CLAIM: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("kapatch_claim", default=None)
 
 
 class _Runtime:
@@ -210,12 +201,22 @@ class _Runtime:
     @contextlib.contextmanager
     def claim(
         self, adapter: str, host: str | None, port: int | None, *, explicit: bool | None = None
-    ) -> Iterator[None]:
-        token = _CLAIM.set(_Claim(adapter, host, port, explicit))
+    ) -> Iterator[Claim]:
+        record = Claim(adapter, host, port, explicit)
+        token = _CLAIM.set(record)
         try:
-            yield
+            yield record
         finally:
             _CLAIM.reset(token)
+
+    def reapply(self, sock: socket.socket, adapter: str, policy: Policy) -> None:
+        try:
+            result = apply_plan(sock, compile_plan(policy))
+        except Exception as error:
+            self.record_failure(adapter, "re-applying the policy", error)
+            return
+        for option, refusal in result.failed:
+            self.record_failure(adapter, f"setsockopt {option}", refusal)
 
     def record_failure(self, adapter: str, what: str, error: BaseException, *, count: bool = True) -> None:
         key = (adapter, what, type(error).__name__, str(getattr(error, "errno", "")))
@@ -240,7 +241,9 @@ class _Runtime:
                 self.configure_socket(sock, "socket", destination, explicit=None)
                 return
             destination = Destination(host=owner.host or host, address=host, port=owner.port or port)
-            self.configure_socket(sock, owner.adapter, destination, explicit=owner.explicit)
+            owner.decisions.append(
+                self.configure_socket(sock, owner.adapter, destination, explicit=owner.explicit)
+            )
         except Exception as error:
             self.record_failure("socket", "connect hook", error)
 

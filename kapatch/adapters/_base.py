@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import importlib.metadata
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from .._patching import Patcher
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..rules import Destination
 
-__all__ = ["Adapter", "AdapterContext", "Decision", "version_tuple"]
+__all__ = ["Adapter", "AdapterContext", "Claim", "Decision", "version_tuple"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,25 @@ class Decision:
     action: Literal["apply", "respect", "skip"]
     policy: Policy | None = None
     reason: str = ""
+
+
+@dataclass(slots=True)
+class Claim:
+    """A library adapter's claim on the sockets its library connects inside one block."""
+
+    adapter: str
+    host: str | None
+    port: int | None
+    explicit: bool | None
+    decisions: list[Decision] = field(default_factory=list)
+    """What was decided for each socket connected inside the block, in order."""
+
+    @property
+    def applied_policy(self) -> Policy | None:
+        """The policy put on the last socket connected in the block, if one was."""
+        for decision in reversed(self.decisions):
+            return decision.policy if decision.action == "apply" else None
+        return None
 
 
 class AdapterContext(Protocol):
@@ -46,8 +65,11 @@ class AdapterContext(Protocol):
 
     def claim(
         self, adapter: str, host: str | None, port: int | None, *, explicit: bool | None = None
-    ) -> AbstractContextManager[None]:
+    ) -> AbstractContextManager[Claim]:
         """Inside this block, sockets connected through ``socket.socket.connect`` belong to *adapter*."""
+
+    def reapply(self, sock: socket.socket, adapter: str, policy: Policy) -> None:
+        """Put an already decided (and counted) policy back, after the library overwrote it."""
 
     def record_failure(self, adapter: str, what: str, error: BaseException) -> None:
         """Log once per kind of failure, count it, carry on."""
