@@ -132,6 +132,11 @@ def _argument_layer(
     for rule in rules:
         if not isinstance(rule, Rule):
             raise ConfigError("rules", rule, "kapatch.Rule objects, e.g. Rule.build('10.0.0.0/8', skip=True)")
+        unknown = sorted((rule.adapters or frozenset()) - set(names))
+        if unknown:  # a typo would make the rule silently match nothing
+            raise ConfigError(
+                f"rule {rule.matcher.text} adapters", ",".join(unknown), f"adapters are {', '.join(names)}"
+            )
         layer.rules.append(rule)
     return layer
 
