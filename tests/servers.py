@@ -651,7 +651,7 @@ def start_http_server(host: str = LOOPBACK_V4) -> HttpServer:
     return HttpServer(host=host, port=port, pid=os.getpid(), _stopper=stopper)
 
 
-def _self_signed_cert(workdir: Path) -> tuple[Path, Path]:
+def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
     """(cert, key) for 127.0.0.1, ::1 and localhost, made with the ``openssl`` CLI."""
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -675,7 +675,7 @@ def start_https_server(host: str = LOOPBACK_V4) -> HttpsServer:
     """
     workdir = Path(tempfile.mkdtemp(prefix="kapatch-tls-"))
     try:
-        cert, key = _self_signed_cert(workdir)
+        cert, key = self_signed_cert(workdir)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
         server = _TrackingServer((host, 0), _OkHandler, tls=tls)

@@ -34,7 +34,7 @@ import redis.connection
 import redis.sentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import RedisServer, _self_signed_cert, free_port
+from servers import RedisServer, free_port, self_signed_cert
 
 import kapatch
 from kapatch import KeepaliveState, Policy, Rule
@@ -488,7 +488,7 @@ def tls_redis() -> Iterator[tuple[int, Path]]:
     ports: dict[str, int] = {}
 
     def arguments(port: int, workdir: Path) -> list[str]:
-        cert, key = _self_signed_cert(workdir)
+        cert, key = self_signed_cert(workdir)
         ports["tls"] = free_port(ipv6=False)
         return [
             "--port", str(port), "--tls-port", str(ports["tls"]), "--tls-cert-file", str(cert),
