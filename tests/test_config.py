@@ -494,6 +494,12 @@ def test_an_unreadable_file(tmp_path: Path) -> None:  # pragma: no cover - CI ru
         ({"overrides": {"redis": {"idel": 5}}}, "overrides['redis']['idel']", 5, "one of enabled, idle"),
         ({"rules": ["10.0.0.0/8"]}, "rules", "10.0.0.0/8", "kapatch.Rule objects"),
         ({"profile": 5}, "profile", 5, "a profile name"),
+        (
+            {"rules": [Rule.build("*", skip=True, adapters=["rediss"])]},
+            "rule * adapters",
+            "rediss",
+            "adapters are",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], setting: str, value: object, allowed: str) -> None:
