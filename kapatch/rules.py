@@ -60,6 +60,8 @@ class Matcher:
             return False
         if self.network is not None:
             ip = destination.ip()
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped and self.network.version == 4:
+                ip = ip.ipv4_mapped  # a dual-stack socket's ::ffff:a.b.c.d is the IPv4 peer a.b.c.d
             if ip is None or ip.version != self.network.version or ip not in self.network:
                 return False
         if self.host_glob is not None:
