@@ -111,6 +111,9 @@ def test_junk_patterns_are_config_errors_or_matchers(text: str) -> None:
         ("10.0.0.0/8", Destination("db.internal", "192.168.1.1", 5432), False),
         ("10.0.0.0/8", Destination("10.9.9.9", None, 80), True),  # the host is an IP literal
         ("10.0.0.0/8", Destination("db.internal", None, 5432), False),  # no IP known
+        ("10.0.0.0/8", Destination(None, "::ffff:10.0.0.1", 5432), True),  # v4-mapped (dual stack)
+        ("10.0.0.0/8", Destination(None, "::ffff:192.168.0.1", 5432), False),
+        ("::ffff:0:0/96", Destination(None, "::ffff:10.0.0.1", 5432), True),
         ("fd00::/8", Destination(None, "fd12::1", 6379), True),
         ("fe80::/10", Destination(None, "fe80::1%eth0", 6379), True),  # zone id ignored
         ("*.internal", Destination("DB.Internal", "10.0.0.1", 5432), True),  # names ignore case
@@ -169,7 +172,8 @@ labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, m
 def test_host_globs_match_suffixes(prefix: list[str], suffix: list[str]) -> None:
     host = ".".join(prefix + suffix)
     assert parse_matcher("*." + ".".join(suffix)).matches(Destination(host.upper(), None, 80))
-    assert not parse_matcher("*." + ".".join(suffix) + ".x").matches(Destination(host, None, 80))
+    # labels never contain "_", so this suffix cannot match
+    assert not parse_matcher("*." + ".".join(suffix) + "._no").matches(Destination(host, None, 80))
 
 
 # ---------------------------------------------------------------- rules
