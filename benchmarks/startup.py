@@ -1,0 +1,126 @@
+"""Interpreter start-up cost of kapatch's automatic activation (a benchmark, not a test).
+
+Builds two throwaway venvs from the same interpreter, identical but for kapatch in one of
+them: the package and its activation files (kapatch.pth, kapatch.start, _kapatch_gate.py)
+copied into site-packages and byte-compiled, as pip lays out a wheel. Both reach
+kapatch's dependency (wrapt) through the same path-only .pth line. Then, interleaved so
+drift hits every case alike, it times ``python -c pass``:
+
+* installed but disabled (KAPATCH_ENABLED unset) vs not installed: ratio, target <= 1.02;
+* installed and enabled (KAPATCH_ENABLED=1) vs installed and disabled: added ms, target <= 10.
+
+Usage: .venv/bin/python benchmarks/startup.py [--runs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACTIVATION_FILES = ("kapatch.pth", "kapatch.start", "_kapatch_gate.py")
+
+
+def make_venv(path: Path, *, with_kapatch: bool) -> str:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(path), "platbase": str(path)}))
+    # A path-only line (no import) to this environment, for wrapt, in both venvs alike.
+    (purelib / "00_deps.pth").write_text(f"{sysconfig.get_path('purelib')}\n")
+    if with_kapatch:
+        # As a wheel install lays it out: the package and the activation files in site-packages,
+        # byte-compiled (pip compiles at install; PYTHONDONTWRITEBYTECODE may be set here).
+        shutil.copytree(ROOT / "kapatch", purelib / "kapatch", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ACTIVATION_FILES:
+            shutil.copy(ROOT / "activation" / name, purelib / name)
+        compileall.compile_dir(str(purelib / "kapatch"), quiet=1)
+        compileall.compile_file(str(purelib / "_kapatch_gate.py"), quiet=1)
+    return str(path / "bin" / "python")
+
+
+def time_start(python: str, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([python, "-c", "pass"], env=env, check=True, timeout=60)
+    return time.perf_counter() - start
+
+
+PHASES = """
+import json, time
+t0 = time.perf_counter()
+import wrapt
+t1 = time.perf_counter()
+import kapatch
+t2 = time.perf_counter()
+config = kapatch.load_config(environ={"KAPATCH_ENABLED": "1"})
+t3 = time.perf_counter()
+kapatch.runtime.install_config(config)
+t4 = time.perf_counter()
+print(json.dumps({"import wrapt": t1 - t0, "import kapatch (rest)": t2 - t1,
+                  "load_config": t3 - t2, "install (adapters, hooks)": t4 - t3}))
+"""
+
+
+def phase_times(python: str, env: dict[str, str]) -> dict[str, float]:
+    """Where the enabled start-up goes, measured inside one interpreter (ms)."""
+    done = subprocess.run(
+        [python, "-c", PHASES], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return {name: seconds * 1000 for name, seconds in json.loads(done.stdout).items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100, help="timed starts per case (default 100)")
+    runs = parser.parse_args().runs
+    off = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    on = {**off, "KAPATCH_ENABLED": "1"}
+    with tempfile.TemporaryDirectory(prefix="kapatch-startup-") as work:
+        without = make_venv(Path(work, "without"), with_kapatch=False)
+        with_ = make_venv(Path(work, "with"), with_kapatch=True)
+        check = subprocess.run([with_, "-c", "import kapatch; print(kapatch.status().installed)"], env=on,
+                               capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        if check.stdout.strip() != "True":
+            sys.stderr.write(f"activation did not happen in the benchmark venv:\n{check.stderr}")
+            return 1
+        cases = {
+            "not installed": (without, off),
+            "installed, disabled": (with_, off),
+            "installed, enabled": (with_, on),
+        }
+        for python, env in cases.values():  # warm the file-system cache and .pyc files
+            for _ in range(5):
+                time_start(python, env)
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, (python, env) in cases.items():
+                samples[name].append(time_start(python, env))
+        phases = [phase_times(with_, off) for _ in range(min(runs, 30))]
+    median = {name: statistics.median(values) * 1000 for name, values in samples.items()}
+    print(f"python {sys.version.split()[0]}, {runs} runs each, interleaved; median time of `python -c pass`")
+    for name, value in median.items():
+        spread = statistics.quantiles(samples[name], n=4)
+        print(
+            f"  {name:22s} {value:7.2f} ms  (quartiles {spread[0] * 1000:.2f} .. {spread[2] * 1000:.2f} ms)"
+        )
+    ratio = median["installed, disabled"] / median["not installed"]
+    added = median["installed, enabled"] - median["installed, disabled"]
+    print(f"installed-but-disabled / not-installed ratio: {ratio:.3f}  (target <= 1.02) "
+          f"{'OK' if ratio <= 1.02 else 'OVER'}")  # fmt: skip
+    print(f"added when enabled: {added:.2f} ms  (target <= 10 ms) {'OK' if added <= 10 else 'OVER'}")
+    print("where the enabled time goes (median in-process ms, imports in this order):")
+    for phase in phases[0]:
+        print(f"  {phase:28s} {statistics.median(p[phase] for p in phases):7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
