@@ -293,6 +293,48 @@ def _psycopg_async(port: int, timeout: float) -> Iterator[tuple[socket.socket, s
             loop.run_until_complete(conn.close())
 
 
+@contextlib.contextmanager
+def _httpx(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    import httpx
+
+    # trust_env=False: a proxy from the environment must not take the loopback request elsewhere.
+    with (
+        httpx.Client(timeout=timeout, trust_env=False) as client,
+        client.stream("GET", f"http://127.0.0.1:{port}/") as response,
+    ):
+        response.read()
+        stream = response.extensions["network_stream"]
+        yield stream.get_extra_info("socket"), "httpx.Client GET, httpcore's network stream socket"
+
+
+@contextlib.contextmanager
+def _httpx_async(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    import httpx
+
+    with _private_loop() as loop:
+        client = httpx.AsyncClient(timeout=timeout, trust_env=False)
+
+        async def get() -> Any:
+            response = await client.send(
+                client.build_request("GET", f"http://127.0.0.1:{port}/"), stream=True
+            )
+            await response.aread()
+            return response
+
+        try:
+            response = loop.run_until_complete(get())
+            try:
+                stream = response.extensions["network_stream"]
+                yield (
+                    stream.get_extra_info("socket"),
+                    "httpx.AsyncClient GET (anyio), the network stream's socket",
+                )
+            finally:
+                loop.run_until_complete(response.aclose())
+        finally:
+            loop.run_until_complete(client.aclose())
+
+
 # client name -> (library module to import, listener protocol, connect function, adapters that may own it)
 _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ...]]] = {
     "socket": (None, _serve_http, _raw_socket, ("socket",)),
@@ -302,6 +344,8 @@ _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ..
     "asyncio": (None, _serve_http, _asyncio_socket, ("socket",)),
     "redis.asyncio": ("redis", _serve_resp, _redis_asyncio, ("redis", "socket")),
     "psycopg.async": ("psycopg", _serve_postgres, _psycopg_async, ("psycopg",)),
+    "httpx": ("httpx", _serve_http, _httpx, ("httpx", "socket")),
+    "httpx.async": ("httpx", _serve_http, _httpx_async, ("httpx", "socket")),
 }
 
 

@@ -43,6 +43,7 @@ _CLIENT_LIBRARIES = {
     "urllib3": ("urllib3", "urllib3"),
     "redis": ("redis", "redis"),
     "psycopg": ("psycopg", "psycopg"),
+    "httpx": ("httpx", "httpx"),
 }
 
 
@@ -284,8 +285,10 @@ def render_report(report: Mapping[str, Any]) -> str:
         version = lib["version"] or (
             "stdlib" if lib["distribution"] is None and lib["state"] == "ok" else "-"
         )
+        if lib["distribution"] not in (None, name):  # e.g. the httpx adapter follows httpcore's version
+            version = f"{lib['distribution']} {version}"
         state = "supported" if lib["state"] == "ok" else lib["state"]
-        lines.append(f"  {name:<9} {version:<10} {lib['supported']:<14} {state}")
+        lines.append(f"  {name:<9} {version:<16} {lib['supported']:<14} {state}")
     activation = report["activation"]
     _section(lines, "Automatic activation")
     lines.extend(f"  {found['path']}: {found['line']}" for found in activation["files"])

@@ -7,7 +7,8 @@
 
 Works on a socket, a file descriptor, an asyncio ``StreamWriter`` or transport,
 a redis-py client or connection (sync or asyncio), a urllib3 connection, pool or
-response, a requests ``Session``'s pooled connections and a psycopg connection.
+response, a requests ``Session``'s pooled connections, an httpx response still
+streaming (``client.stream(...)``) and a psycopg connection.
 Client libraries are never imported here: objects are recognised by their attributes.
 """
 
@@ -68,7 +69,7 @@ def _dup(fd: int, stack: ExitStack) -> socket.socket:
     return stack.enter_context(socket.socket(fileno=os.dup(fd)))
 
 
-def _collect(obj: Any, stack: ExitStack) -> list[Any]:  # noqa: PLR0911 - one branch per kind of object
+def _collect(obj: Any, stack: ExitStack) -> list[Any]:  # noqa: PLR0911, PLR0912 - one branch per kind of object
     if isinstance(obj, socket.socket):
         return [obj]
     if isinstance(obj, int) and not isinstance(obj, bool):
@@ -78,6 +79,9 @@ def _collect(obj: Any, stack: ExitStack) -> list[Any]:  # noqa: PLR0911 - one br
     if callable(get_extra_info):
         sock = get_extra_info("socket")
         return [sock] if sock is not None else []
+    extensions = getattr(obj, "extensions", None)  # httpx / httpcore response (read it in stream mode)
+    if isinstance(extensions, dict) and "network_stream" in extensions:
+        return _collect(extensions["network_stream"], stack)
     pgconn = getattr(obj, "pgconn", None)  # psycopg Connection / AsyncConnection
     if pgconn is not None and hasattr(pgconn, "socket"):
         return [_dup(pgconn.socket, stack)]

@@ -213,6 +213,18 @@ def test_urllib3_pool_response_and_requests_session(
         assert [s.idle for s in assert_keepalive(session, "azure")] == [120]
 
 
+def test_httpx_streaming_response(
+    kapatch_install: Install, assert_keepalive: Callable[..., Any], http_server: HttpServer
+) -> None:
+    httpx = pytest.importorskip("httpx")
+    kapatch_install(overrides={"httpx": {"idle": "33s"}})
+    with (
+        httpx.Client(trust_env=False, timeout=5) as client,
+        client.stream("GET", f"{http_server.url}/ok") as response,
+    ):
+        assert [s.idle for s in assert_keepalive(response, adapter="httpx")] == [33]
+
+
 def test_psycopg_connection(
     kapatch_install: Install, assert_keepalive: Callable[..., Any], postgres_server: PostgresServer
 ) -> None:
