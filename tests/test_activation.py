@@ -63,7 +63,10 @@ if "redis" in plan:
     import redis
     client = redis.Redis.from_url(plan["redis"], socket_timeout=10)
     client.ping()
-    connection = client.connection_pool.get_connection()
+    try:
+        connection = client.connection_pool.get_connection()
+    except TypeError:  # redis-py 5 wants a command name
+        connection = client.connection_pool.get_connection("PING")
     out["redis"] = read(connection._sock)
     client.connection_pool.release(connection)
     client.close()
@@ -464,5 +467,14 @@ def test_editable_install_ships_and_activates(tmp_path, http_server):
     assert (purelib / "kapatch.pth").read_text() == (ACTIVATION / "kapatch.pth").read_text()
     where = run_python(["-c", "import kapatch; print(kapatch.__file__)"], _deps_env(), str(python))
     assert where.stdout.strip() == str(ROOT / "kapatch" / "__init__.py")
-    on = probe({"socket": [http_server.host, http_server.port]}, _deps_env(KAPATCH_ENABLED="1"), str(python))
+    plan = {"socket": [http_server.host, http_server.port]}
+    on = probe(plan, _deps_env(KAPATCH_ENABLED="1"), str(python))
     assert on["socket"] == expected_policy()
+    # The documented limit: without the .pth, KAPATCH_ENABLED does nothing, and kapatch run says so.
+    (purelib / "kapatch.pth").unlink()
+    (purelib / "kapatch.start").unlink()
+    run = ["-m", "kapatch.cli", "run", "--", str(python), "-c", PROBE, json.dumps(plan)]
+    done = run_python(run, _deps_env(), str(python))
+    assert done.returncode == 0, done.stderr
+    assert "kapatch.pth is not installed" in done.stderr
+    assert json.loads(done.stdout)["socket"]["keepalive"] == 0
