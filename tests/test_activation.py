@@ -445,13 +445,13 @@ def test_wheel_install_activates_from_the_environment_alone(wheel_venv, http_ser
 
 
 def test_broken_install_warns_and_runs(wheel_venv, http_server):
-    """Without its dependency (wrapt) kapatch cannot import: one line, and the program runs."""
+    """Without its dependencies (wrapt) kapatch cannot import: one line, and the program runs."""
     env = clean_env(KAPATCH_ENABLED="1")
     result = probe({"socket": [http_server.host, http_server.port]}, env, str(wheel_venv))
     lines = kapatch_lines(str(result["stderr"]))
     assert len(lines) == 1, result["stderr"]
     assert "could not be imported" in lines[0]
-    assert "wrapt" in lines[0]
+    assert "No module named" in lines[0]  # wrapt (or tomli first, on Python 3.10)
     assert result["socket"]["keepalive"] == 0  # type: ignore[index]
     stop = run_python(
         ["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_ON_ERROR="raise"), str(wheel_venv)
