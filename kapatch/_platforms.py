@@ -86,14 +86,15 @@ def _timings(c: _Constants, policy: Policy, idle_name: str, *, optional: bool = 
 
 
 def _linux(policy: Policy, c: _Constants) -> Plan:
-    ops = [_keepalive_on(c), *_timings(c, policy, "TCP_KEEPIDLE")]
-    timeout = policy.user_timeout_ms
-    if timeout is not None:
-        ops.append(
-            SockOpt("TCP_USER_TIMEOUT", c["IPPROTO_TCP"], c["TCP_USER_TIMEOUT"], timeout,
-                    "user_timeout")
-        )  # fmt: skip
-    return Plan("linux", policy, setsockopts=tuple(ops))
+    # "off" is written as 0 (the kernel's own "no user timeout"), so that a policy saying
+    # off really leaves none behind, e.g. in override mode over an application's value.
+    timeout = policy.user_timeout_ms or 0
+    ops = (
+        _keepalive_on(c),
+        *_timings(c, policy, "TCP_KEEPIDLE"),
+        SockOpt("TCP_USER_TIMEOUT", c["IPPROTO_TCP"], c["TCP_USER_TIMEOUT"], timeout, "user_timeout"),
+    )
+    return Plan("linux", policy, setsockopts=ops)
 
 
 def _darwin(policy: Policy, c: _Constants) -> Plan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import errno
 import functools
 import socket
 from dataclasses import dataclass
@@ -27,6 +28,19 @@ _TCP_FAMILIES = tuple(
     family for family in (getattr(socket, "AF_INET", None), getattr(socket, "AF_INET6", None))
     if family is not None
 )  # fmt: skip
+
+
+# The errors by which an OS says "no such option" (Windows reports WSA codes).
+_UNSUPPORTED_ERRNOS = frozenset(
+    code
+    for code in (
+        errno.ENOPROTOOPT,
+        errno.EINVAL,
+        getattr(errno, "WSAENOPROTOOPT", None),
+        getattr(errno, "WSAEINVAL", None),
+    )
+    if code is not None
+)
 
 
 @functools.lru_cache(maxsize=128)
@@ -90,8 +104,12 @@ def apply_plan(sock: socket.socket, plan: Plan) -> ApplyResult:
     failed: list[tuple[str, OSError]] = []
     unsupported = list(plan.unsupported)
     for ioctl in plan.ioctls:
+        control = getattr(sock, "ioctl", None)  # Windows sockets only
+        if control is None:
+            failed.append((ioctl.name, OSError(errno.EOPNOTSUPP, "this socket has no ioctl()")))
+            continue
         try:
-            sock.ioctl(ioctl.control, ioctl.value)  # type: ignore[attr-defined]  # Windows only
+            control(ioctl.control, ioctl.value)
         except OSError as error:
             failed.append((ioctl.name, error))
         else:
@@ -100,7 +118,7 @@ def apply_plan(sock: socket.socket, plan: Plan) -> ApplyResult:
         try:
             sock.setsockopt(op.level, op.option, op.value)
         except OSError as error:
-            if op.optional:
+            if op.optional and error.errno in _UNSUPPORTED_ERRNOS:
                 unsupported.append(f"{op.field}: {op.name} not supported by this OS ({error})")
             else:
                 failed.append((op.name, error))

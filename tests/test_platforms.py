@@ -57,10 +57,10 @@ def expected(platform: str, policy: Policy) -> tuple[list[tuple[object, ...]], s
                 ("setsockopt", tcp, h["TCP_KEEPINTVL"], policy.interval),
                 ("setsockopt", tcp, h["TCP_KEEPCNT"], policy.count),
             ]
-        if timeout is not None:
-            if platform == "linux":
-                calls.append(("setsockopt", tcp, h["TCP_USER_TIMEOUT"], timeout))
-            elif platform == "darwin":  # seconds, rounded up: never give up sooner than asked
+        if platform == "linux":  # "off" is written as 0, so none is left behind
+            calls.append(("setsockopt", tcp, h["TCP_USER_TIMEOUT"], timeout or 0))
+        elif timeout is not None:
+            if platform == "darwin":  # seconds, rounded up: never give up sooner than asked
                 calls.append(("setsockopt", tcp, h["TCP_RXT_CONNDROPTIME"], math.ceil(timeout / 1000)))
             else:
                 unsupported.add("user_timeout")
@@ -271,17 +271,7 @@ def test_a_refused_required_option_is_a_failure_and_the_others_are_applied(platf
     assert len(sock.options) == len(calls) - 1
 
 
-CLOSED_WIN32_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="apply_plan reports ANY error of an optional option (TCP_KEEPCNT, TCP_MAXRT) as "
-    "'not supported by this OS', even EBADF on a closed socket; only ENOPROTOOPT/EINVAL mean "
-    "that (kapatch/sockopts.py, reported to its owner)",
-)
-
-
-@pytest.mark.parametrize(
-    "platform", ["darwin", "freebsd", "generic", pytest.param("win32", marks=CLOSED_WIN32_BUG)]
-)
+@pytest.mark.parametrize("platform", ["darwin", "freebsd", "generic", "win32"])
 def test_a_closed_socket_fails_every_option_without_raising(platform: str) -> None:
     module = fake_socket_module(platform)
     sock = module.socket()
@@ -293,13 +283,6 @@ def test_a_closed_socket_fails_every_option_without_raising(platform: str) -> No
     assert result.applied == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="apply_plan calls sock.ioctl without checking it exists: a win32 plan on a "
-    "non-Windows socket raises AttributeError although apply_plan 'never raises' "
-    "(kapatch/sockopts.py, reported to its owner)",
-)
 def test_a_windows_plan_on_a_socket_without_ioctl_does_not_raise() -> None:
     plan = compile_plan(Policy(), "win32", module=fake_socket_module("win32"))
     sock = fake_socket_module("darwin").socket()
