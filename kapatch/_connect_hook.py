@@ -5,45 +5,66 @@ whether or not the ``socket`` adapter itself is enabled: the socket adapter deci
 only about connections no library adapter has claimed. Neither the class nor its
 instances are replaced (``type(s) is socket.socket`` stays true), and send/recv are
 untouched: the data path never passes through kapatch.
+
+A plain function, not a wrapt wrapper: both methods are C methods that
+``socket.socket`` inherits from ``_socket.socket``, so there is no descriptor to get
+right, and this is installed at interpreter start, where importing wrapt would cost
+~75 ms. Removing it deletes the attribute again, so lookup falls through to
+``_socket.socket`` exactly as before.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
-from collections.abc import Callable
-from typing import Any, Protocol
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._patching import Patcher
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["ConnectHook"]
+
+_METHODS = ("connect", "connect_ex")
+_MISSING = object()
 
 
 class _Listener(Protocol):
     def on_connect(self, sock: socket.socket, address: Any) -> None: ...
 
 
+def _hooked(listener: _Listener, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def hook(sock: socket.socket, address: Any, /) -> Any:
+        listener.on_connect(sock, address)
+        return original(sock, address)
+
+    return hook
+
+
 class ConnectHook:
     def __init__(self, listener: _Listener) -> None:
         self._listener = listener
-        self._patcher = Patcher()
-
-    def _before_connect(
-        self,
-        wrapped: Callable[..., Any],
-        instance: socket.socket,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        self._listener.on_connect(instance, args[0] if args else kwargs.get("address"))
-        return wrapped(*args, **kwargs)
+        self._saved: dict[str, object] = {}
+        self._lock = threading.Lock()
 
     @property
     def installed(self) -> bool:
-        return bool(self._patcher)
+        return bool(self._saved)
 
     def install(self) -> None:
-        for method in ("connect", "connect_ex"):
-            self._patcher.wrap(socket.socket, method, self._before_connect)
+        with self._lock:
+            if self._saved:
+                return
+            for method in _METHODS:
+                self._saved[method] = vars(socket.socket).get(method, _MISSING)
+                setattr(socket.socket, method, _hooked(self._listener, getattr(socket.socket, method)))
 
     def remove(self) -> None:
-        self._patcher.restore()
+        with self._lock:
+            for method, original in self._saved.items():
+                if original is _MISSING:
+                    delattr(socket.socket, method)
+                else:
+                    setattr(socket.socket, method, original)
+            self._saved.clear()

@@ -12,8 +12,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
 __all__ = ["Patcher"]
 
 _MISSING = object()
@@ -34,6 +32,10 @@ class Patcher:
             if any(o is owner and n == name for o, n, _ in self._saved):
                 return
             original = vars(owner).get(name, _MISSING)
+            # Imported here, not at the top: wrapt 2 imports asyncio and ssl (~75 ms), which a
+            # process should pay only when it imports a library kapatch patches.
+            import wrapt
+
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self._saved.append((owner, name, original))
 

@@ -13,9 +13,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import wrapt
-
 from ._connect_hook import ConnectHook
+from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
 from ._status import COUNTERS, AdapterStatus, Status
 from .adapters._base import Adapter, Claim, Decision
@@ -49,6 +48,7 @@ class _Runtime:
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
         self.connect_hook = ConnectHook(self)
+        self.import_hooks = ImportHooks()
 
     # -- install / uninstall -------------------------------------------------
     def install(self, config: Config) -> Status:
@@ -92,7 +92,7 @@ class _Runtime:
     def _register_hook(self, adapter: Adapter, module_name: str, generation: int) -> None:
         def on_import(module: ModuleType) -> None:
             if generation != self.generation or self.adapters.get(adapter.name) is not adapter:
-                return  # a hook from an earlier install(); wrapt cannot unregister hooks
+                return  # a hook from an earlier install()
             try:
                 adapter.patch(module_name)
             except Exception as error:  # never break the application's import
@@ -100,7 +100,7 @@ class _Runtime:
             else:
                 self.reasons[adapter.name] = self._describe_patch_state(adapter)
 
-        wrapt.register_post_import_hook(on_import, module_name)
+        self.import_hooks.when_imported(module_name, on_import)
 
     @staticmethod
     def _describe_patch_state(adapter: Adapter) -> str:
@@ -121,6 +121,7 @@ class _Runtime:
             except Exception as error:
                 logger.warning("kapatch: restoring adapter %s failed: %r", adapter.name, error)
         self.connect_hook.remove()
+        self.import_hooks.clear()
         self.adapters.clear()
         self.reasons.clear()
         self.config = None

@@ -1,0 +1,110 @@
+"""Call back when a module is first imported: the trigger for lazy patching.
+
+``wrapt.register_post_import_hook`` does the same, and kapatch used it first; but
+importing wrapt costs ~75 ms at interpreter start on the reference machine (wrapt 2
+imports asyncio and ssl), and a process started with ``KAPATCH_ENABLED=1`` must not
+pay that before it imports a single client library. This module imports nothing
+beyond ``sys`` and ``threading``; wrapt is imported by the adapters when the first
+library they patch is imported. Unlike wrapt's, these hooks can be removed, so
+``uninstall()`` leaves no finder behind.
+
+The mechanism is wrapt's: a finder first on ``sys.meta_path`` answers only for
+watched names, asks the other finders for the real spec, and chains the real loader
+so the callbacks run right after the module body; the module and its spec see their
+real loader throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+__all__ = ["ImportHooks"]
+
+
+class _ChainedLoader:
+    def __init__(self, loader: Any, hooks: ImportHooks) -> None:
+        self._loader = loader
+        self._hooks = hooks
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The module sees its real loader, exactly as without kapatch.
+        if getattr(module, "__loader__", None) in (None, self):
+            module.__loader__ = self._loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = self._loader
+        self._loader.exec_module(module)
+        self._hooks.notify(module)
+
+
+class ImportHooks:
+    """``when_imported(name, callback)``: now if imported already, else right after its import."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callable[[ModuleType], None]]] = {}
+        self._lock = threading.RLock()
+        self._resolving = threading.local()
+
+    def when_imported(self, name: str, callback: Callable[[ModuleType], None]) -> None:
+        with self._lock:
+            module = sys.modules.get(name)
+            if module is None:
+                self._callbacks.setdefault(name, []).append(callback)
+                if self not in sys.meta_path:
+                    sys.meta_path.insert(0, self)
+                return
+        callback(module)
+
+    def clear(self) -> None:
+        """Forget every callback and leave ``sys.meta_path`` as it was."""
+        with self._lock:
+            self._callbacks.clear()
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if fullname not in self._callbacks:
+            return None
+        resolving: set[str] = self._resolving.__dict__.setdefault("names", set())
+        if fullname in resolving:
+            return None
+        resolving.add(fullname)
+        try:
+            spec = self._real_spec(fullname, path, target)
+        finally:
+            resolving.discard(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ChainedLoader(spec.loader, self)  # type: ignore[assignment]  # duck-typed Loader
+        return spec
+
+    def _real_spec(self, fullname: str, path: Any, target: Any) -> ModuleSpec | None:
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec: ModuleSpec | None = find(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
+
+    def notify(self, module: ModuleType) -> None:
+        with self._lock:
+            callbacks = self._callbacks.pop(module.__name__, [])
+            if not self._callbacks and self in sys.meta_path:
+                sys.meta_path.remove(self)
+        for callback in callbacks:
+            # The callbacks report their own errors; an import never fails because of them.
+            with contextlib.suppress(Exception):
+                callback(module)
