@@ -8,7 +8,8 @@ importing anything; a class is loaded only when its adapter is enabled.
 from __future__ import annotations
 
 import functools
-from importlib import metadata
+
+from ._dist_info import entry_points
 
 __all__ = ["BUILTIN_ADAPTERS", "ENTRY_POINT_GROUP", "adapter_entry_points", "adapter_names"]
 
@@ -28,8 +29,8 @@ BUILTIN_ADAPTERS: dict[str, str] = {
 def adapter_entry_points() -> dict[str, str]:
     """Adapter name -> ``module:Class``; built-ins first, then any third party's."""
     found = dict(BUILTIN_ADAPTERS)
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(entry_point.name, entry_point.value)
+    for name, target in entry_points(ENTRY_POINT_GROUP).items():
+        found.setdefault(name, target)
     return found
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import abc
-import importlib.metadata
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
+from .._dist_info import version as _installed_version
 from .._patching import Patcher
 
 if TYPE_CHECKING:
@@ -112,10 +112,7 @@ class Adapter(abc.ABC):
         """The library's version from its metadata, without importing it; ``None`` if absent."""
         if cls.distribution is None:
             return None
-        try:
-            return importlib.metadata.version(cls.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+        return _installed_version(cls.distribution)
 
     @classmethod
     def supported_range(cls) -> str:

@@ -1,0 +1,106 @@
+"""What runs at interpreter start when enabled: no wrapt, no importlib.metadata, and hooks that work."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kapatch import _dist_info
+from kapatch._import_hooks import ImportHooks
+
+
+@pytest.mark.parametrize("group", ["kapatch.adapters", "console_scripts", "pytest11"])
+def test_entry_points_agree_with_importlib_metadata(group):
+    expected = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=group)}
+    assert _dist_info.entry_points(group) == expected
+    assert expected  # the group is not trivially empty here
+
+
+def test_versions_agree_with_importlib_metadata():
+    names = {dist.metadata["Name"] for dist in importlib.metadata.distributions()}
+    assert len(names) > 20
+    for name in names:
+        assert _dist_info.version(name) == importlib.metadata.version(name), name
+    assert _dist_info.version("no-such-distribution-here") is None
+
+
+@pytest.fixture
+def module_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [n for n in sys.modules if n.startswith("kapatch_probe_")]:
+        del sys.modules[name]
+
+
+def test_callback_runs_once_after_the_module_body(module_dir):
+    (module_dir / "kapatch_probe_a.py").write_text("VALUE = 42\n")
+    hooks, seen = ImportHooks(), []
+    hooks.when_imported("kapatch_probe_a", lambda module: seen.append(module.VALUE))
+    assert hooks in sys.meta_path
+    import kapatch_probe_a  # type: ignore[import-not-found]
+
+    assert seen == [42]
+    assert hooks not in sys.meta_path  # nothing left to watch: the finder removes itself
+    # The module sees its real loader, as without the hook.
+    assert type(kapatch_probe_a.__loader__).__name__ == "SourceFileLoader"
+    assert kapatch_probe_a.__spec__.loader is kapatch_probe_a.__loader__
+
+
+def test_callback_runs_at_once_for_an_imported_module():
+    hooks, seen = ImportHooks(), []
+    hooks.when_imported("json", lambda module: seen.append(module.__name__))
+    assert seen == ["json"]
+    assert hooks not in sys.meta_path
+
+
+def test_a_failing_callback_never_breaks_the_import(module_dir):
+    (module_dir / "kapatch_probe_b.py").write_text("VALUE = 1\n")
+    hooks = ImportHooks()
+
+    def boom(module: object) -> None:
+        raise RuntimeError("boom")
+
+    hooks.when_imported("kapatch_probe_b", boom)
+    import kapatch_probe_b  # type: ignore[import-not-found]
+
+    assert kapatch_probe_b.VALUE == 1
+
+
+def test_clear_forgets_callbacks_and_the_finder(module_dir):
+    (module_dir / "kapatch_probe_c.py").write_text("VALUE = 1\n")
+    hooks, seen = ImportHooks(), []
+    hooks.when_imported("kapatch_probe_c", seen.append)
+    hooks.clear()
+    assert hooks not in sys.meta_path
+    import kapatch_probe_c  # type: ignore[import-not-found]  # noqa: F401
+
+    assert seen == []
+
+
+def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server):
+    """Both cost tens of ms; they load when the first client library is imported, not before."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        before = {name: name in sys.modules for name in ("wrapt", "importlib.metadata", "kapatch.runtime")}
+        import urllib3
+        from urllib3.connection import HTTPConnection
+        import kapatch
+        after = {"wrapt": "wrapt" in sys.modules, "patched": kapatch.status().adapter("urllib3").reason}
+        print(json.dumps({"before": before, "after": after}))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    env["KAPATCH_ENABLED"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["before"] == {"wrapt": False, "importlib.metadata": False, "kapatch.runtime": True}
+    assert result["after"] == {"wrapt": True, "patched": "patched"}
