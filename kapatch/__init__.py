@@ -3,26 +3,29 @@
     import kapatch
     kapatch.install(profile="aws")          # or KAPATCH_ENABLED=1 with no code at all
 
-Everything public is here; modules starting with ``_`` are private.
+Everything public is here; modules starting with ``_`` are private. Names are loaded
+on first use, so ``import kapatch`` (and the pytest plugin, which lives in this
+package) costs almost nothing until something is called.
 """
 
 from __future__ import annotations
 
-import socket as _socket
-from typing import TYPE_CHECKING
-
-from ._errors import ConfigError
-from ._status import AdapterStatus, Status
-from .adapters import Adapter
-from .config import AdapterConfig, Config, load_config
-from .policy import Mode, Policy
-from .profiles import PROFILES, Profile
-from .rules import Destination, Rule
-from .runtime import install, status, uninstall
-from .sockopts import ApplyResult, KeepaliveState, compile_plan, inspect, not_tcp_reason
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import socket as _socket
+
+    from ._errors import ConfigError
     from ._plan import Plan
+    from ._status import AdapterStatus, Status
+    from .adapters import Adapter
+    from .config import AdapterConfig, Config, load_config
+    from .policy import Mode, Policy
+    from .profiles import PROFILES, Profile
+    from .rules import Destination, Rule
+    from .runtime import install, status, uninstall
+    from .sockopts import ApplyResult, KeepaliveState, inspect
 
 __version__ = "0.1.0"
 
@@ -51,9 +54,46 @@ __all__ = [
     "uninstall",
 ]
 
+_LAZY = {
+    "ConfigError": "._errors",
+    "AdapterStatus": "._status",
+    "Status": "._status",
+    "Adapter": ".adapters",
+    "AdapterConfig": ".config",
+    "Config": ".config",
+    "load_config": ".config",
+    "Mode": ".policy",
+    "Policy": ".policy",
+    "PROFILES": ".profiles",
+    "Profile": ".profiles",
+    "Destination": ".rules",
+    "Rule": ".rules",
+    "install": ".runtime",
+    "status": ".runtime",
+    "uninstall": ".runtime",
+    "ApplyResult": ".sockopts",
+    "KeepaliveState": ".sockopts",
+    "inspect": ".sockopts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kapatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 def plan(policy: Policy | None = None, platform: str | None = None) -> Plan:
     """The socket operations *policy* means on *platform* (default: this one)."""
+    from .sockopts import compile_plan
+
     return compile_plan(policy or _effective_policy(), platform)
 
 
@@ -65,7 +105,7 @@ def apply(sock: _socket.socket, policy: Policy | None = None) -> ApplyResult:
     unchanged) and ``OSError`` when the kernel refuses an option (the others are
     still applied; see :func:`kapatch.sockopts.apply_plan` for the non-raising form).
     """
-    from .sockopts import apply_plan
+    from .sockopts import apply_plan, compile_plan, not_tcp_reason
 
     reason = not_tcp_reason(sock)
     if reason is not None:
@@ -78,6 +118,7 @@ def apply(sock: _socket.socket, policy: Policy | None = None) -> ApplyResult:
 
 
 def _effective_policy() -> Policy:
+    from .config import load_config
     from .runtime import current_config
 
     config = current_config()

@@ -7,7 +7,6 @@ doctor`` can say where every effective value came from.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -148,5 +147,7 @@ def parse_setting(table: dict[str, Callable[[object, str], object]], key: str, v
 
 def suggest(word: str, choices: Iterable[str]) -> str:
     """``"; did you mean X?"`` when *word* looks like a typo of one of *choices*."""
+    import difflib  # only on an error: not worth its import at every start
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
     return f"; did you mean {close[0]}?" if close else ""

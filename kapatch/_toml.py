@@ -16,9 +16,9 @@ profile = "fast-failover"
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
@@ -39,12 +39,13 @@ _RULE_KEYS = ("match", "skip", "profile", "adapters", "idle", "interval", "count
 def read_toml(path: str, adapter_names: Iterable[str], setting: str = "config") -> Layer:
     """Parse *path*; every unknown key is an error naming the file and the key."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            data = tomllib.loads(file.read())
     except OSError as error:
         raise ConfigError(setting, path, f"cannot read the file: {error.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(setting, path, f"not valid TOML: {error}") from None
-    if Path(path).name == "pyproject.toml":
+    if os.path.basename(path) == "pyproject.toml":
         tool = data.get("tool", {})
         data = tool.get("kapatch", {}) if isinstance(tool, dict) else {}
         if not isinstance(data, dict):

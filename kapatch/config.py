@@ -19,7 +19,6 @@ from ._env import read_env
 from ._errors import ConfigError
 from ._registry import adapter_names
 from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, Setting
-from ._toml import read_toml
 from .policy import POLICY_FIELDS, Mode, Policy
 from .profiles import DEFAULT_PROFILE, get_profile
 from .rules import Rule
@@ -101,6 +100,8 @@ def merge_sources(
     layers = [args, env]
     config_path = _highest(layers, "config")
     if config_path is not None:
+        from ._toml import read_toml  # tomllib only for processes that have a file
+
         layers.append(read_toml(config_path.value, names, setting=_setting_name(config_path)))
     return _merge(layers, names, config_path.value if config_path else None)
 

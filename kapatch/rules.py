@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from ._errors import ConfigError
 from .policy import Policy, parse_policy_fields
 from .profiles import get_profile
 
 __all__ = ["Destination", "Matcher", "Rule", "first_match", "parse_matcher"]
+
+if TYPE_CHECKING:
+    import ipaddress
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
@@ -37,6 +39,8 @@ class Destination:
     port: int | None = None
 
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        import ipaddress  # imported when rules are used, not at every start
+
         for candidate in (self.address, self.host):
             if candidate:
                 try:
@@ -60,8 +64,9 @@ class Matcher:
             return False
         if self.network is not None:
             ip = destination.ip()
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped and self.network.version == 4:
-                ip = ip.ipv4_mapped  # a dual-stack socket's ::ffff:a.b.c.d is the IPv4 peer a.b.c.d
+            mapped = getattr(ip, "ipv4_mapped", None)  # only IPv6 addresses have it
+            if mapped is not None and self.network.version == 4:
+                ip = mapped  # a dual-stack socket's ::ffff:a.b.c.d is the IPv4 peer a.b.c.d
             if ip is None or ip.version != self.network.version or ip not in self.network:
                 return False
         if self.host_glob is not None:
@@ -78,6 +83,8 @@ def _port(text: str, setting: str, pattern: str) -> int:
 
 
 def _network(text: str, setting: str, pattern: str) -> Network:
+    import ipaddress
+
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as error:

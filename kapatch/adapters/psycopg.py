@@ -28,7 +28,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -128,10 +127,11 @@ def libpq_destination(
     return None
 
 
-def _read_service(path: Path, service: str) -> dict[str, str] | None:
+def _read_service(path: str, service: str) -> dict[str, str] | None:
     """The ``[service]`` section of one libpq service file, or ``None`` when it has none."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as file:
+            text = file.read()
     except OSError:
         return None
     found: dict[str, str] | None = None
@@ -164,14 +164,16 @@ def service_parameters(
     if not service:
         return {}
     user_file = str(params.get("servicefile") or environ.get("PGSERVICEFILE", "")).strip()
+    # os.path, not pathlib: this module is imported at interpreter start when enabled.
     if user_file:
-        candidates = [Path(user_file)]
+        candidates = [user_file]
     elif sys.platform == "win32":
-        candidates = [Path(environ.get("APPDATA", "")) / "postgresql" / ".pg_service.conf"]
+        candidates = [os.path.join(environ.get("APPDATA", ""), "postgresql", ".pg_service.conf")]
     else:
-        candidates = [Path(environ.get("HOME") or Path.home()) / ".pg_service.conf"]
+        home = environ.get("HOME") or os.path.expanduser("~")
+        candidates = [os.path.join(home, ".pg_service.conf")]
     if environ.get("PGSYSCONFDIR"):
-        candidates.append(Path(environ["PGSYSCONFDIR"]) / "pg_service.conf")
+        candidates.append(os.path.join(environ["PGSYSCONFDIR"], "pg_service.conf"))
     for candidate in candidates:
         found = _read_service(candidate, service)
         if found is not None:

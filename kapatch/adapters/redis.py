@@ -26,7 +26,6 @@ using the default. Unix-socket connections are left alone (they never call
 
 from __future__ import annotations
 
-import inspect
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -61,6 +60,8 @@ class _Settings:
 
 
 def _library_defaults(module: Any) -> _Defaults:
+    import inspect  # only once redis is imported: inspect is heavy for interpreter start
+
     parameters = inspect.signature(module.Connection.__init__).parameters
     keepalive = parameters["socket_keepalive"].default
     options = parameters["socket_keepalive_options"].default
