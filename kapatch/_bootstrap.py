@@ -20,7 +20,6 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 from ._errors import ConfigError
 from ._status import Status
@@ -32,7 +31,6 @@ __all__ = [
     "PTH_NAME",
     "START_NAME",
     "activate",
-    "activation_files",
     "auto",
     "gate_open",
     "start",
@@ -136,21 +134,3 @@ def _wants_raise() -> bool:
     except Exception:  # the file itself may be what is broken
         return False
     return found is not None and found.value == "raise"
-
-
-def activation_files(site_dirs: list[str] | None = None) -> dict[str, Path | None]:
-    """Where this interpreter's ``kapatch.pth``, ``kapatch.start`` and gate module are (or None).
-
-    For ``kapatch doctor`` / ``kapatch run``: automatic activation works only where
-    site.py processes these files (not under ``python -S``, nor in another environment).
-    """
-    import site
-
-    if site_dirs is None:
-        site_dirs = [*site.getsitepackages()]
-        if site.ENABLE_USER_SITE:
-            site_dirs.append(site.getusersitepackages())
-    found: dict[str, Path | None] = dict.fromkeys((PTH_NAME, START_NAME, GATE_MODULE))
-    for name in found:
-        found[name] = next((Path(d, name) for d in site_dirs if Path(d, name).is_file()), None)
-    return found

@@ -16,11 +16,12 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from ._bootstrap import GATE_VARIABLE, PTH_NAME, activation_files
+from ._bootstrap import GATE_VARIABLE, PTH_NAME
 from ._env import env_name
 from ._errors import ConfigError
 from ._registry import adapter_names
 from ._settings import ADAPTER_FIELDS
+from ._sysinfo import installed_file
 
 __all__ = ["OPTIONS", "build_environment", "main"]
 
@@ -149,7 +150,7 @@ def main(argv: Sequence[str]) -> int:
     except UsageError as error:
         sys.stderr.write(f"kapatch run: {error}\n")
         return EXIT_USAGE
-    if activation_files()[PTH_NAME] is None:
+    if installed_file(PTH_NAME) is None:
         sys.stderr.write(
             f"kapatch run: warning: {PTH_NAME} is not installed for {sys.executable}; Python processes "
             "will not be patched unless their environment has kapatch installed (pip install kapatch)\n"

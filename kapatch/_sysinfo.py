@@ -29,6 +29,7 @@ __all__ = [
     "activation_files",
     "activation_works",
     "adapter_infos",
+    "installed_file",
     "kernel_defaults",
     "platform_summary",
     "probe_kernel",
@@ -144,12 +145,13 @@ class ActivationFile:
 
 
 def _site_dirs() -> list[str]:
+    """The directories whose ``.pth`` files site.py runs: not every sys.path entry (PYTHONPATH's are not)."""
     dirs: list[str] = []
     with contextlib.suppress(AttributeError):  # old virtualenv's site.py lacks them
         dirs.extend(site.getsitepackages())
-    with contextlib.suppress(AttributeError):
-        dirs.append(site.getusersitepackages())
-    dirs.extend(p for p in sys.path if p)
+    if site.ENABLE_USER_SITE:
+        with contextlib.suppress(AttributeError):
+            dirs.append(site.getusersitepackages())
     seen: set[str] = set()
     unique = []
     for d in dirs:
@@ -158,6 +160,15 @@ def _site_dirs() -> list[str]:
             seen.add(real)
             unique.append(d)
     return unique
+
+
+def installed_file(name: str) -> str | None:
+    """The path of *name* in this interpreter's site directories, or ``None``."""
+    for directory in _site_dirs():
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def activation_files() -> tuple[ActivationFile, ...]:

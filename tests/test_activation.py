@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from kapatch import _bootstrap
+from kapatch import _bootstrap, _sysinfo
 from kapatch.profiles import DEFAULT_PROFILE, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,15 +142,14 @@ def require_adapter(name: str) -> None:
 
 def test_activation_files_are_installed_in_this_environment():
     """The venv the suite runs in must have them, or every child below tests nothing."""
-    found = _bootstrap.activation_files()
     for name, source in (
         (_bootstrap.PTH_NAME, "kapatch.pth"),
         (_bootstrap.START_NAME, "kapatch.start"),
         (_bootstrap.GATE_MODULE, "_kapatch_gate.py"),
     ):
-        installed = found[name]
+        installed = _sysinfo.installed_file(name)
         assert installed is not None, f"{name} is not installed here: run `pip install -e .` again"
-        assert installed.read_text() == (ACTIVATION / source).read_text(), (
+        assert Path(installed).read_text() == (ACTIVATION / source).read_text(), (
             f"{installed} is stale (pip install -e . copies it): reinstall"
         )
 
@@ -444,18 +443,27 @@ def test_wheel_install_activates_from_the_environment_alone(wheel_venv, http_ser
     assert on["socket"] == expected_policy()
 
 
-def test_broken_install_warns_and_runs(wheel_venv, http_server):
-    """Without its dependencies (wrapt) kapatch cannot import: one line, and the program runs."""
-    env = clean_env(KAPATCH_ENABLED="1")
+def test_without_wrapt_raw_sockets_are_still_patched_and_start_is_quiet(wheel_venv, http_server):
+    """wrapt is imported only when a client library is; the connect hook and boot need none of it."""
+    env = clean_env(KAPATCH_ENABLED="1")  # the wheel venv has no dependencies at all
+    result = probe({"socket": [http_server.host, http_server.port]}, env, str(wheel_venv))
+    assert kapatch_lines(str(result["stderr"])) == []
+    assert result["socket"] == expected_policy()
+
+
+def test_a_kapatch_that_cannot_import_warns_once_and_runs(wheel_venv, http_server, tmp_path):
+    """A broken install (here: a shadowing package that fails to import): one line, and the program runs."""
+    broken = tmp_path / "shadow" / "kapatch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("simulated broken install")\n')
+    env = clean_env(KAPATCH_ENABLED="1", PYTHONPATH=str(broken.parent))
     result = probe({"socket": [http_server.host, http_server.port]}, env, str(wheel_venv))
     lines = kapatch_lines(str(result["stderr"]))
     assert len(lines) == 1, result["stderr"]
     assert "could not be imported" in lines[0]
-    assert "No module named" in lines[0]  # wrapt (or tomli first, on Python 3.10)
+    assert "simulated broken install" in lines[0]
     assert result["socket"]["keepalive"] == 0  # type: ignore[index]
-    stop = run_python(
-        ["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_ON_ERROR="raise"), str(wheel_venv)
-    )
+    stop = run_python(["-c", "print('ran')"], {**env, "KAPATCH_ON_ERROR": "raise"}, str(wheel_venv))
     assert stop.returncode == EX_CONFIG
     assert stop.stdout == ""
 
