@@ -20,9 +20,12 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ._errors import ConfigError
-from ._status import Status
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "EX_CONFIG",
@@ -57,19 +60,21 @@ def gate_open(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in _OFF_WORDS
 
 
-def activate(environ: Mapping[str, str] | None = None) -> tuple[Status, bool]:
+def activate(environ: Mapping[str, str] | None = None) -> tuple[Config, bool]:
     """Install from environment + config file unless installed already; raises ConfigError.
 
-    Returns the status and whether this call installed.
+    Returns the configuration in force and whether this call installed it.
     """
     from . import runtime
     from .config import load_config
 
     with _lock:
-        if runtime.current_config() is not None:
-            return runtime.status(), False
+        current = runtime.current_config()
+        if current is not None:
+            return current, False
         config = load_config(environ=environ)
-        return runtime.install_config(config), True
+        runtime.install_config(config)
+        return config, True
 
 
 def start() -> None:
@@ -88,12 +93,11 @@ def auto() -> None:
     (subprocess, multiprocessing spawn) are patched the same way through ``kapatch.pth``.
     """
     try:
-        status, installed_now = activate()
+        config, installed_now = activate()
     except Exception as error:
         _report(error, at_startup=False)
         return
-    config = status.config
-    if installed_now and config is not None and config.enabled and GATE_VARIABLE not in os.environ:
+    if installed_now and config.enabled and GATE_VARIABLE not in os.environ:
         os.environ[GATE_VARIABLE] = "1"
 
 

@@ -6,14 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .adapters._base import COUNTERS
 from .config import Config
 from .policy import Mode, Policy
 
 __all__ = ["COUNTERS", "AdapterStatus", "Status"]
-
-COUNTERS = ("configured", "respected", "skipped", "failed")
-"""configured: policy applied; respected: the application's own settings kept (respect mode);
-skipped: a rule or a disabled policy left it alone; failed: the kernel refused an option."""
 
 
 @dataclass(frozen=True, slots=True)

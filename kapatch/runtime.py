@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._connect_hook import ConnectHook
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
-from ._status import COUNTERS, AdapterStatus, Status
-from .adapters._base import Adapter, Claim, Decision
+from .adapters._base import COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode, Policy
 from .rules import Destination, first_match
@@ -25,6 +24,8 @@ from .sockopts import apply_plan, compile_plan, not_tcp_reason
 
 if TYPE_CHECKING:
     from types import ModuleType
+
+    from ._status import Status
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -51,7 +52,7 @@ class _Runtime:
         self.import_hooks = ImportHooks()
 
     # -- install / uninstall -------------------------------------------------
-    def install(self, config: Config) -> Status:
+    def install(self, config: Config) -> None:
         with self._lock:
             self._uninstall_locked()
             self.generation += 1
@@ -68,7 +69,6 @@ class _Runtime:
                     self._enable(name, target)
                 if any(adapter.needs_connect_hook for adapter in self.adapters.values()):
                     self.connect_hook.install()
-            return self.status()
 
     def _enable(self, name: str, target: str) -> None:
         try:
@@ -129,6 +129,8 @@ class _Runtime:
         self.generation += 1
 
     def status(self) -> Status:
+        from ._status import AdapterStatus, Status  # not needed until someone asks
+
         with self._lock:
             if self.config is None:
                 return Status(installed=False, config=None)
@@ -314,12 +316,13 @@ def install(
     Calling it again re-reads everything and reconfigures.
     """
     config = load_config(environ=environ, overrides=overrides, rules=rules, **settings)
-    return _RUNTIME.install(config)
+    _RUNTIME.install(config)
+    return _RUNTIME.status()
 
 
-def install_config(config: Config) -> Status:
-    """Install an already merged :class:`Config` (used by the automatic path)."""
-    return _RUNTIME.install(config)
+def install_config(config: Config) -> None:
+    """Install an already merged :class:`Config` (the automatic path: no status built)."""
+    _RUNTIME.install(config)
 
 
 def uninstall() -> None:

@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ..rules import Destination
 
-__all__ = ["Adapter", "AdapterContext", "Claim", "Decision", "version_tuple"]
+__all__ = ["COUNTERS", "Adapter", "AdapterContext", "Claim", "Decision", "version_tuple"]
+
+COUNTERS = ("configured", "respected", "skipped", "failed")
+"""What became of each connection an adapter saw. configured: policy applied; respected: the
+application's own settings kept (respect mode); skipped: a rule or a disabled policy left it
+alone; failed: the kernel refused an option (or kapatch failed; the connection went on)."""
 
 
 @dataclass(frozen=True, slots=True)
