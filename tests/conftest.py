@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from servers import (
@@ -76,6 +77,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in [n for n in os.environ if n.startswith("KAPATCH_")]:
         del os.environ[name]
     kapatch.uninstall()  # in case the .pth activated kapatch in this very process
+
+
+@pytest.fixture
+def install() -> Iterator[Callable[..., kapatch.Status]]:
+    """``kapatch.install`` isolated from the process environment; always uninstalled after."""
+
+    def do(**settings: Any) -> kapatch.Status:
+        settings.setdefault("environ", {})
+        return kapatch.install(**settings)
+
+    try:
+        yield do
+    finally:
+        kapatch.uninstall()
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,6 @@ ORIGINAL_ASYNC_CONNECT = vars(psycopg.AsyncConnection)["connect"]
 ORIGINAL_MODULE_CONNECT = vars(psycopg)["connect"]
 
 Install = Callable[..., kapatch.Status]
-
-
-@pytest.fixture
-def install() -> Iterator[Install]:
-    """``kapatch.install`` isolated from the process environment; always uninstalled after."""
-
-    def do(**settings: Any) -> kapatch.Status:
-        settings.setdefault("environ", {})
-        return kapatch.install(**settings)
-
-    try:
-        yield do
-    finally:
-        kapatch.uninstall()
 
 
 @pytest.fixture(scope="module")

@@ -66,20 +66,6 @@ UNTOUCHED = {
 Install = Callable[..., kapatch.Status]
 
 
-@pytest.fixture
-def install() -> Iterator[Install]:
-    """``kapatch.install`` isolated from the process environment; always uninstalled after."""
-
-    def do(**settings: Any) -> kapatch.Status:
-        settings.setdefault("environ", {})
-        return kapatch.install(**settings)
-
-    try:
-        yield do
-    finally:
-        kapatch.uninstall()
-
-
 def expected(policy: Policy) -> KeepaliveState:
     """What the kernel reports for a socket that carries exactly *policy* (Linux)."""
     return KeepaliveState(True, policy.idle, policy.interval, policy.count, policy.user_timeout_ms or 0)

@@ -19,7 +19,6 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import requests
@@ -48,20 +47,6 @@ Install = Callable[..., kapatch.Status]
 
 # Taken at import, before any test installs kapatch.
 ORIGINAL_NEW_CONN = vars(HTTPConnection)["_new_conn"]
-
-
-@pytest.fixture
-def install() -> Iterator[Install]:
-    """``kapatch.install`` isolated from the process environment; always uninstalled after."""
-
-    def do(**settings: Any) -> kapatch.Status:
-        settings.setdefault("environ", {})
-        return kapatch.install(**settings)
-
-    try:
-        yield do
-    finally:
-        kapatch.uninstall()
 
 
 def pooled_socket(pool: HTTPConnectionPool) -> socket.socket:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from checks import assert_one_clear_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,18 +39,6 @@ def error_of(**kwargs: object) -> ConfigError:
     with pytest.raises(ConfigError) as raised:
         load_config(**kwargs)  # type: ignore[arg-type]
     return raised.value
-
-
-def assert_one_clear_message(error: ConfigError, setting: str, value: object, *allowed: str) -> None:
-    """The message names the setting, the value given and what is allowed, on one line."""
-    message = str(error)
-    assert message.startswith(f"{setting}={value!r}: "), message
-    assert "\n" not in message
-    for fragment in allowed:
-        assert fragment in message, (fragment, message)
-
-
-# ---------------------------------------------------------------- defaults
 
 
 def test_no_source_gives_the_balanced_default() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from checks import assert_one_clear_message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,19 +14,6 @@ from kapatch._durations import parse_duration_ms
 from kapatch.policy import MAX_COUNT, MAX_IDLE_S, MAX_INTERVAL_S, MAX_USER_TIMEOUT_MS
 from kapatch.profiles import DEFAULT_PROFILE, get_profile
 from kapatch.sockopts import compile_plan
-
-
-def assert_one_clear_message(error: ConfigError, setting: str, value: object, *allowed: str) -> None:
-    """The message names the setting, the value given and what is allowed, on one line."""
-    message = str(error)
-    assert message.startswith(f"{setting}={value!r}: "), message
-    assert "\n" not in message
-    for fragment in allowed:
-        assert fragment in message, (fragment, message)
-    assert isinstance(error, ValueError)  # callers may catch ValueError
-
-
-# ---------------------------------------------------------------- durations
 
 
 @pytest.mark.parametrize(

@@ -5,22 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from checks import assert_one_clear_message
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kapatch import PROFILES, ConfigError, Destination, Policy, Rule
 from kapatch.rules import first_match, parse_matcher
-
-
-def assert_one_clear_message(error: ConfigError, setting: str, value: object, *allowed: str) -> None:
-    message = str(error)
-    assert message.startswith(f"{setting}={value!r}: "), message
-    assert "\n" not in message
-    for fragment in allowed:
-        assert fragment in message, (fragment, message)
-
-
-# ---------------------------------------------------------------- patterns
 
 
 @pytest.mark.parametrize(
