@@ -12,12 +12,12 @@ after httpcore wrote the application's options, so the policy wins as promised.
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from ._base import Adapter, AdapterContext, Claim
+from ._socket_options import sets_keepalive
 
 __all__ = ["HttpxAdapter", "explicit_keepalive"]
 
@@ -27,22 +27,10 @@ _BACKENDS = {
     "httpcore._backends.trio": "TrioBackend",
 }
 
-_KEEPALIVE_OPTIONS = {
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    *(
-        (socket.IPPROTO_TCP, getattr(socket, name))
-        for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT", "TCP_KEEPALIVE")
-        if hasattr(socket, name)
-    ),
-}
-
 
 def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool:
     """Whether the application's ``socket_options`` set any keepalive option (``SO_KEEPALIVE=0`` too)."""
-    return any(
-        isinstance(option, tuple) and len(option) >= 2 and tuple(option[:2]) in _KEEPALIVE_OPTIONS
-        for option in socket_options or ()
-    )
+    return sets_keepalive(socket_options)
 
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:

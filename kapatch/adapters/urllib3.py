@@ -26,30 +26,14 @@ proxy as the host dialled.
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from ._base import Adapter
+from ._socket_options import sets_keepalive
 
 __all__ = ["Urllib3Adapter"]
-
-_SOL_TCP = getattr(socket, "IPPROTO_TCP", 6)
-
-
-def _keepalive_options() -> frozenset[tuple[int, int]]:
-    """(level, option) pairs that configure keepalive on this platform."""
-    found = {(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
-    # TCP_KEEPALIVE is macOS's name for the idle time; TCP_USER_TIMEOUT is Linux only.
-    for name in ("TCP_KEEPIDLE", "TCP_KEEPALIVE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT"):
-        option = getattr(socket, name, None)
-        if option is not None:
-            found.add((_SOL_TCP, option))
-    return frozenset(found)
-
-
-_KEEPALIVE_OPTIONS = _keepalive_options()
 
 
 def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool | None:
@@ -58,14 +42,7 @@ def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool | None:
     ``None`` otherwise: then the runtime reads SO_KEEPALIVE from the socket when it
     connects (someone else may have turned it on), as for any bare socket.
     """
-    for entry in socket_options or ():
-        try:
-            level, option = int(entry[0]), int(entry[1])
-        except (TypeError, ValueError, IndexError):
-            continue  # urllib3 itself will complain about a malformed entry
-        if (level, option) in _KEEPALIVE_OPTIONS:
-            return True
-    return None
+    return True if sets_keepalive(socket_options) else None
 
 
 def _endpoint(host: object, port: object) -> tuple[str | None, int | None]:
