@@ -20,6 +20,7 @@ TEST_DEPS = [
     "pytest-asyncio>=0.23",
     "hypothesis>=6.100",
     "PySocks>=1.7",
+    "gunicorn>=21",
 ]
 OLDEST = [
     "urllib3==1.26.*",
