@@ -31,7 +31,7 @@ on in any Python process without a code change.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kapatch._launch", "main"),
     "doctor": ("kapatch.doctor", "run_doctor"),
-    "check": ("kapatch.doctor", "run_check"),
+    "check": ("kapatch._check", "run_check"),
     "profiles": ("kapatch.doctor", "run_profiles"),
     "status": ("kapatch.doctor", "run_status"),
 }

@@ -22,6 +22,7 @@ __all__ = [
     "compile_plan",
     "inspect",
     "not_tcp_reason",
+    "wanted_values",
 ]
 
 _TCP_FAMILIES = tuple(
@@ -143,18 +144,26 @@ class KeepaliveState:
 
     def mismatches(self, policy: Policy) -> tuple[str, ...]:
         """Each way this state differs from what *policy* asks for; empty when it matches."""
-        if not policy.enabled:
-            return ()
-        wanted: dict[str, object] = {"enabled": True}
-        if not policy.keeps_os_timings:
-            wanted.update(idle=policy.idle, interval=policy.interval, count=policy.count)
-        wanted["user_timeout_ms"] = policy.user_timeout_ms or 0
         found = []
-        for name, value in wanted.items():
+        for name, value in wanted_values(policy).items():
             actual = getattr(self, name)
             if actual is not None and actual != value:
                 found.append(f"{name}: kernel has {actual}, policy wants {value}")
         return tuple(found)
+
+
+def wanted_values(policy: Policy) -> dict[str, object]:
+    """What the kernel should report for a socket carrying *policy*, by KeepaliveState field.
+
+    Empty for a disabled policy (nothing is wanted); no timings when it keeps the OS's.
+    """
+    if not policy.enabled:
+        return {}
+    wanted: dict[str, object] = {"enabled": True}
+    if not policy.keeps_os_timings:
+        wanted.update(idle=policy.idle, interval=policy.interval, count=policy.count)
+    wanted["user_timeout_ms"] = policy.user_timeout_ms or 0
+    return wanted
 
 
 def inspect(sock: SocketLike) -> KeepaliveState:

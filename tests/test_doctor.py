@@ -21,7 +21,8 @@ import pytest
 from servers import HttpServer, RedisServer
 
 import kapatch
-from kapatch.doctor import parse_host_port, run_check, run_profiles, run_status
+from kapatch._check import parse_host_port, run_check
+from kapatch.doctor import run_profiles, run_status
 from kapatch.runtime import status
 
 ROOT = Path(__file__).resolve().parent.parent
