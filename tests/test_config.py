@@ -468,6 +468,8 @@ def test_unreadable_toml(tmp_path: Path) -> None:
     )
 
 
+# The forked child only drops privileges, parses one file and _exits: no lock it could inherit.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_an_unreadable_file(tmp_path: Path) -> None:
     path = write(tmp_path, 'profile = "aws"\n')
     os.chmod(path, 0)
