@@ -1,28 +1,24 @@
-"""Interleaved rounds and medians: the variants share one process, one machine state."""
+"""Report interleaved rounds: the variants share one process, one machine state.
+
+Ratios are taken on the fastest round of each variant (as ``timeit`` advises): on a
+shared VM, whose scheduler adds stalls of tens of milliseconds to some rounds, the
+minimum is what the code costs and the median shows how noisy the machine was.
+"""
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 
 
-def compare(variants: dict[str, Callable[[], None]], *, rounds: int, per_round: int) -> dict[str, float]:
-    """Median seconds per call of each variant; rounds interleave the variants."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            for _ in range(per_round):
-                run()
-            samples[name].append((time.perf_counter() - start) / per_round)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def report(
-    title: str, medians: dict[str, float], baseline: str, unit: float = 1e-6, label: str = "us"
-) -> None:
+def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Print min and median per call (µs) and each variant's ratio to *baseline*; return the minimums."""
+    fastest = {name: min(values) for name, values in samples.items()}
     print(title)
-    base = medians[baseline]
-    for name, value in medians.items():
-        print(f"  {name:<28} {value / unit:10.2f} {label}   ratio {value / base:5.3f} vs {baseline}")
+    for name, values in samples.items():
+        ratio = fastest[name] / fastest[baseline]
+        median = statistics.median(values)
+        print(
+            f"  {name:<28} min {fastest[name] * 1e6:8.2f} us  median {median * 1e6:8.2f} us"
+            f"   ratio {ratio:5.3f} vs {baseline}"
+        )
+    return fastest

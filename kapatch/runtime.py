@@ -253,7 +253,9 @@ class _Runtime:
     # -- bookkeeping ---------------------------------------------------------
     def _count(self, adapter: str, counter: str) -> None:
         with self._stats_lock:
-            counts = self.counts.setdefault(adapter, dict.fromkeys(COUNTERS, 0))
+            counts = self.counts.get(adapter)
+            if counts is None:
+                counts = self.counts[adapter] = dict.fromkeys(COUNTERS, 0)
             counts[counter] += 1
 
     def _log_once(self, key: tuple[str, ...], level: int, message: str, *args: object) -> None:
