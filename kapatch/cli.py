@@ -51,22 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"kapatch: unknown command {name!r}\n{USAGE}")
         return EXIT_USAGE
-    command = _load(*COMMANDS[name])
-    if command is None:
-        sys.stderr.write(f"kapatch {name}: not available yet in this version\n")
-        return EXIT_USAGE
+    module_name, function = COMMANDS[name]
+    command: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), function)
     return command(rest)
-
-
-def _load(module_name: str, function: str) -> Callable[[list[str]], int] | None:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise  # a real import error inside the module must show, not hide as "not available"
-        return None
-    found: Callable[[list[str]], int] | None = getattr(module, function, None)
-    return found
 
 
 if __name__ == "__main__":
