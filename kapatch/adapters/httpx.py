@@ -69,18 +69,14 @@ class HttpxAdapter(Adapter):
         self._after_connect(context, claim, stream, explicit)
         return stream
 
-    def _connect_async(
+    async def _connect_async(
         self,
         wrapped: Callable[..., Awaitable[Any]],
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Awaitable[Any]:
-        return self._connect_async_body(wrapped, args, kwargs)
-
-    async def _connect_async_body(
-        self, wrapped: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        # wrapt returns whatever the wrapper returns: here the coroutine the caller awaits.
         context = self.context
         if context is None:
             return await wrapped(*args, **kwargs)

@@ -164,22 +164,14 @@ class RedisAdapter(Adapter):
                 raise
         return sock
 
-    def _connect_async(
-        self,
-        wrapped: Callable[..., Awaitable[Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Awaitable[Any]:
-        return self._connect_async_body(wrapped, instance, args, kwargs)
-
-    async def _connect_async_body(
+    async def _connect_async(
         self,
         wrapped: Callable[..., Awaitable[Any]],
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        # wrapt returns whatever the wrapper returns: here the coroutine the caller awaits.
         prepared = self._prepare(_ASYNC, instance)
         if prepared is None:
             return await wrapped(*args, **kwargs)
