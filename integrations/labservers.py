@@ -73,22 +73,22 @@ def _connects(port: int) -> bool:
         return False
 
 
-def _redis_pong() -> bool:
+def _answers(port: int, request: bytes, reply: bytes) -> bool:
+    """Whether the lab server on *port* answers *request* with a reply starting with *reply*."""
     try:
-        with socket.create_connection((LAB_ADDR, REDIS_PORT), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+        with socket.create_connection((LAB_ADDR, port), timeout=0.5) as s:
+            s.sendall(request)
+            return s.recv(64).startswith(reply)
     except OSError:
         return False
+
+
+def _redis_pong() -> bool:
+    return _answers(REDIS_PORT, b"PING\r\n", b"+PONG")
 
 
 def _http_ok() -> bool:
-    try:
-        with socket.create_connection((LAB_ADDR, HTTP_PORT), timeout=0.5) as s:
-            s.sendall(b"GET /ok HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    return _answers(HTTP_PORT, b"GET /ok HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200")
 
 
 @dataclass
