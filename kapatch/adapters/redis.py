@@ -156,12 +156,7 @@ class RedisAdapter(Adapter):
                 sock = wrapped(*args, **kwargs)
         finally:
             instance.socket_keepalive = settings.keepalive
-        if settings.keepalive and not self._configured(context, sock):
-            try:
-                _replay_redis_options(sock, settings)
-            except (OSError, TypeError):
-                sock.close()  # as redis does when the user's options are invalid
-                raise
+        self._replay_if_left_alone(context, settings, sock, sock.close)
         return sock
 
     async def _connect_async(
@@ -182,14 +177,22 @@ class RedisAdapter(Adapter):
         finally:
             instance.socket_keepalive = settings.keepalive
         writer: Any = getattr(instance, "_writer", None)
-        sock = writer.transport.get_extra_info("socket") if writer is not None else None
-        if settings.keepalive and sock is not None and not self._configured(context, sock):
-            try:
-                _replay_redis_options(sock, settings)
-            except (OSError, TypeError):
-                writer.close()  # as redis does when the user's options are invalid
-                raise
+        if writer is not None:
+            sock = writer.transport.get_extra_info("socket")
+            self._replay_if_left_alone(context, settings, sock, writer.close)
         return result
+
+    def _replay_if_left_alone(
+        self, context: AdapterContext, settings: _Settings, sock: Any, close: Callable[[], object]
+    ) -> None:
+        """Where kapatch left *sock* alone, write what redis-py itself would have written."""
+        if not settings.keepalive or sock is None or self._configured(context, sock):
+            return
+        try:
+            _replay_redis_options(sock, settings)
+        except (OSError, TypeError):
+            close()  # as redis does when the user's options are invalid
+            raise
 
     def _configured(self, context: AdapterContext, sock: Any) -> bool:
         """Whether the connect hook put the policy on *sock* (it always switches SO_KEEPALIVE on)."""
