@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from kapatch import ConfigError
 
+# For child interpreters (source, not a function: they must not import kapatch or the tests):
+# read(sock) -> the kernel's view of one socket's keepalive options.
+READ_SOCKET_SOURCE = """
+import socket
+
+def read(sock):
+    get = sock.getsockopt
+    return {
+        "keepalive": get(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "idle": get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "interval": get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        "count": get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        "user_timeout_ms": get(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+    }
+"""
+
 
 def assert_one_clear_message(error: ConfigError, setting: str, value: object, *allowed: str) -> None:
     """The message names the setting, the value given and what is allowed, on one line."""

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from checks import READ_SOCKET_SOURCE
 
 from kapatch import _bootstrap, _sysinfo
 from kapatch.profiles import DEFAULT_PROFILE, get_profile
@@ -34,23 +35,16 @@ EX_CONFIG = 78
 # The child: records which kapatch/wrapt modules exist at interpreter start, optionally
 # imports modules (kapatch.auto), connects with each client named in argv[1] and reads
 # the kernel's view of each socket back.
-PROBE = r"""
+PROBE = (
+    r"""
 import json, os, socket, sys
 loaded_at_start = sorted(m for m in sys.modules if m.split(".")[0] in ("kapatch", "wrapt", "_kapatch_gate"))
 plan = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
 for name in plan.get("import", ()):
     __import__(name)
-
-def read(sock):
-    get = sock.getsockopt
-    return {
-        "keepalive": get(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-        "idle": get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-        "interval": get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-        "count": get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-        "user_timeout_ms": get(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-    }
-
+"""
+    + READ_SOCKET_SOURCE
+    + r"""
 out = {"loaded_at_start": loaded_at_start}
 if "socket" in plan:
     with socket.create_connection(tuple(plan["socket"]), timeout=10) as s:
@@ -80,6 +74,7 @@ out["installed"] = bool(kapatch is not None and kapatch.status().installed)
 out["env_enabled"] = os.environ.get("KAPATCH_ENABLED")
 print(json.dumps(out))
 """
+)
 
 
 def clean_env(**settings: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from checks import READ_SOCKET_SOURCE
 from servers import free_port
 from test_activation import clean_env
 
@@ -28,19 +29,14 @@ EXPECTED = {"keepalive": 1, "idle": 21, "interval": 4, "count": 3, "user_timeout
 RUN_OPTIONS = ["--idle", "21", "--interval", "4", "--count", "3"]
 
 # Reads the options of one fresh connection; imports nothing of kapatch.
-READ = """
+READ = (
+    READ_SOCKET_SOURCE
+    + """
 def measure(host, port):
-    import socket
     with socket.create_connection((host, port), timeout=10) as s:
-        get = s.getsockopt
-        return {
-            "keepalive": get(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-            "idle": get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-            "interval": get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-            "count": get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-            "user_timeout_ms": get(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-        }
+        return read(s)
 """
+)
 
 PARENT = (
     """
