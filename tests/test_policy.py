@@ -70,6 +70,10 @@ def test_whole_units_round_trip(number: int, unit: tuple[str, int]) -> None:
         (float("inf"), "a duration"),
         ([5], "a duration"),
         ("1" * 40, "a duration"),
+        ("0." + "1" * 40, "a duration"),
+        ("5\u017f", "a duration"),  # LATIN SMALL LETTER LONG S: regex IGNORECASE took it for "s"
+        ("5.", "a duration"),
+        (".5", "a duration"),
     ],
 )
 def test_bad_durations(value: object, allowed: str) -> None:
