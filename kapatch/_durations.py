@@ -36,7 +36,7 @@ def parse_duration_ms(value: object, setting: str) -> int:
         text, unit = repr(value), "s"
     elif isinstance(value, str):
         text, unit = _split_unit(value.strip())
-        if any(len(part) > _MAX_DIGITS for part in text.partition(".")[::2]):
+        if any(len(part) > _MAX_DIGITS for part in text.lstrip("+-").partition(".")[::2]):
             raise ConfigError(setting, value, DURATION_HELP)
     else:
         raise ConfigError(setting, value, DURATION_HELP)
