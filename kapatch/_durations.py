@@ -48,6 +48,7 @@ def parse_duration_ms(value: object, setting: str) -> int:
         raise ConfigError(setting, value, "must not be negative; " + DURATION_HELP)
     scaled = int(whole + decimals) * _UNIT_MS[unit]
     millis, remainder = divmod(scaled, 10 ** len(decimals))
+    millis = int(millis)  # 10 ** n is typed int | float
     if remainder:
         raise ConfigError(setting, value, "must be a whole number of milliseconds")
     return millis

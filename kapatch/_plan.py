@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ._records import record
 from .policy import Policy
 
 __all__ = ["IoctlOp", "Plan", "SockOpt"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SockOpt:
     """One ``setsockopt(level, option, value)`` call."""
 
@@ -24,7 +23,7 @@ class SockOpt:
     """Exists only on newer OS versions; a failure is noted as unsupported, not as an error."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IoctlOp:
     """One ``sock.ioctl(control, value)`` call (Windows SIO_KEEPALIVE_VALS)."""
 
@@ -34,7 +33,7 @@ class IoctlOp:
     fields: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Plan:
     """What applying *policy* means on *platform*."""
 

@@ -1,3 +1,4 @@
+
 """The doctor's live self-test. Runs in a CHILD process, so the doctor's own process stays clean.
 
 The child imports each installed client library, installs the policy, and makes one
@@ -26,7 +27,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from typing import Any, BinaryIO
 
 __all__ = ["CHILD_BOOTSTRAP", "main"]
@@ -359,7 +359,9 @@ class _Capture(logging.Handler):
 
 
 def _state_dict(state: Any) -> dict[str, Any]:
-    return asdict(state)
+    from kapatch._records import as_dict
+
+    return as_dict(state)
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:

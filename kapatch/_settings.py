@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
+from ._records import field, record
 from .policy import Mode, parse_bool, parse_policy_fields
 from .profiles import get_profile
 from .rules import Rule, parse_matcher
@@ -27,14 +27,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Setting:
     value: Any
     source: str
     """e.g. ``argument``, ``env KAPATCH_IDLE``, ``file /etc/kapatch.toml [redis] idle``."""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Layer:
     """Everything one source says. Later-built layers do not change earlier ones."""
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ._records import field, record
 from .adapters._base import COUNTERS
 from .config import Config
 from .policy import Mode, Policy
@@ -13,7 +13,7 @@ from .policy import Mode, Policy
 __all__ = ["COUNTERS", "AdapterStatus", "Status"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AdapterStatus:
     name: str
     enabled: bool
@@ -26,7 +26,7 @@ class AdapterStatus:
     counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COUNTERS, 0)))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Status:
     installed: bool
     config: Config | None

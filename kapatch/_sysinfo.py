@@ -12,10 +12,10 @@ import platform
 import site
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ._platforms import current_platform
+from ._records import record
 from ._registry import adapter_entry_points
 from .adapters._base import Adapter
 from .policy import Policy
@@ -65,7 +65,7 @@ def kernel_defaults() -> dict[str, int | None]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KernelProbe:
     """What the kernel did with a policy applied to a fresh, unconnected TCP socket."""
 
@@ -94,7 +94,7 @@ def probe_kernel(policy: Policy) -> KernelProbe:
     return KernelProbe(options, result.applied, refused, result.unsupported, state.mismatches(policy))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AdapterInfo:
     name: str
     target: str
@@ -137,7 +137,7 @@ def adapter_infos() -> tuple[AdapterInfo, ...]:
     return tuple(infos)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ActivationFile:
     path: str
     line: str

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
 from ._env import read_env
 from ._errors import ConfigError
+from ._records import field, record, replace
 from ._registry import adapter_names
 from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, Setting
 from .policy import POLICY_FIELDS, Mode, Policy
@@ -26,7 +26,7 @@ from .rules import Rule
 __all__ = ["AdapterConfig", "Config", "load_config"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AdapterConfig:
     """The settings one adapter runs with."""
 
@@ -37,7 +37,7 @@ class AdapterConfig:
     """Where each policy field and the mode came from."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Config:
     """The merged, validated configuration. Build it with :func:`load_config`."""
 
@@ -168,7 +168,7 @@ def _policy(
             values[name] = found.value
             sources[name] = found.source
     try:
-        return replace(base, **values), sources  # type: ignore[arg-type]  # parsed values
+        return replace(base, **values), sources
     except ConfigError as error:  # a combination, e.g. idle set but the profile keeps OS timings
         where = ", ".join(sorted({sources[n] for n in values})) or label
         raise ConfigError(f"{error.setting} ({where})", error.value, error.allowed) from None

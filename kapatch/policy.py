@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
 from typing import Literal, TypeAlias
 
 from ._durations import DURATION_HELP, parse_duration_ms
 from ._errors import ConfigError
+from ._records import fields, record, replace
 
 __all__ = [
     "MAX_COUNT",
@@ -48,7 +48,7 @@ class Mode(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Policy:
     """How a TCP connection notices a dead peer.
 
@@ -97,7 +97,7 @@ class Policy:
 
     def evolve(self, **changes: object) -> Policy:
         """Return a copy with *changes*, parsed like :meth:`parse`."""
-        return replace(self, **parse_policy_fields(changes))  # type: ignore[arg-type]
+        return replace(self, **parse_policy_fields(changes))
 
     @property
     def keeps_os_timings(self) -> bool:
@@ -244,7 +244,7 @@ def parse_policy_fields(
     values: Mapping[str, object], *, setting_name: Callable[[str], str] = str
 ) -> dict[str, object]:
     """Parse raw policy values into canonical ones, naming each setting in errors."""
-    known = {f.name for f in fields(Policy)}
+    known = fields(Policy)
     parsed: dict[str, object] = {}
     for name, value in values.items():
         if name not in known:

@@ -10,16 +10,16 @@ silently dropped the flow anyway. Figures: ``RESEARCH.md`` and the README.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from ._errors import ConfigError
+from ._records import record
 from .policy import Policy
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "Profile", "get_profile"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Profile:
     """A named policy and the reason for its numbers."""
 

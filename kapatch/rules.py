@@ -6,10 +6,10 @@ import fnmatch
 import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from ._errors import ConfigError
+from ._records import record, replace
 from .policy import Policy, parse_policy_fields
 from .profiles import get_profile
 
@@ -28,7 +28,7 @@ _HOST_GLOB = re.compile(r"[A-Za-z0-9_.*?\-\[\]!]+")
 _LOOKS_NUMERIC = re.compile(r"[0-9./]+|.*:.*:.*")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Destination:
     """Where a connection goes, as far as the adapter knows it."""
 
@@ -50,7 +50,7 @@ class Destination:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Matcher:
     """One destination pattern. A field left ``None`` matches anything."""
 
@@ -120,7 +120,7 @@ def parse_matcher(pattern: str, setting: str = "match") -> Matcher:
     return Matcher(host_glob=host_part.lower(), port=port, text=text)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rule:
     """For destinations that match: skip them, or change the policy."""
 
@@ -188,7 +188,7 @@ class Rule:
 def _rule_policy(rule: Rule, base: Policy) -> Policy:
     # Computed once per (rule, adapter policy): connections only look it up.
     start = get_profile(rule.profile).policy if rule.profile else base
-    return replace(start, **dict(rule.changes))  # type: ignore[arg-type]
+    return replace(start, **dict(rule.changes))
 
 
 def first_match(rules: Iterable[Rule], adapter: str, destination: Destination) -> Rule | None:

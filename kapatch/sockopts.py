@@ -6,12 +6,12 @@ import _socket
 import errno
 import functools
 import socket
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
 
 from ._plan import Plan
 from ._platforms import _FALLBACKS, compile_for, current_platform
+from ._records import record
 from .policy import Policy
 
 __all__ = [
@@ -79,7 +79,7 @@ def not_tcp_reason(sock: SocketLike) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ApplyResult:
     """What happened when a plan met a socket."""
 
@@ -128,7 +128,7 @@ def apply_plan(sock: socket.socket, plan: Plan) -> ApplyResult:
     return ApplyResult(tuple(applied), tuple(failed), tuple(unsupported))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeepaliveState:
     """The keepalive settings the kernel reports for one socket.
 

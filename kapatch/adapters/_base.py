@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import abc
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 from .._dist_info import version as _installed_version
 from .._patching import Patcher
+from .._records import field, record
 
 if TYPE_CHECKING:
     import socket
@@ -26,7 +26,7 @@ application's own settings kept (respect mode); skipped: a rule or a disabled po
 alone; failed: the kernel refused an option (or kapatch failed; the connection went on)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """What to do with one connection, decided once when it is made."""
 
@@ -35,7 +35,7 @@ class Decision:
     reason: str = ""
 
 
-@dataclass(slots=True)
+@record(frozen=False)
 class Claim:
     """A library adapter's claim on the sockets its library connects inside one block."""
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._records import record
 from ._base import Adapter, AdapterContext
 
 __all__ = ["RedisAdapter"]
@@ -40,7 +40,7 @@ _SYNC = "redis.connection"
 _ASYNC = "redis.asyncio.connection"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Defaults:
     """What redis-py does when the application says nothing, read from the installed version."""
 
@@ -48,7 +48,7 @@ class _Defaults:
     options: Mapping[int, object]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Settings:
     """One connection's keepalive settings, read just before it connects."""
 

@@ -1,0 +1,104 @@
+"""kapatch's value types (``@record``) behave as the frozen, slotted dataclasses they replace."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import ClassVar
+
+import pytest
+
+from kapatch._records import FrozenRecordError, as_dict, field, fields, record, replace
+from kapatch.policy import Policy
+
+
+@record
+class Point:
+    """A frozen record."""
+
+    x: int
+    y: int = 0
+    label: str = "p"
+    dimensions: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        if self.x < 0:
+            raise ValueError("x must not be negative")
+
+
+@record(frozen=False)
+class Bag:
+    name: str
+    items: list[int] = field(default_factory=list)
+
+
+def test_fields_positional_keyword_and_defaults() -> None:
+    assert fields(Point) == ("x", "y", "label")
+    assert Point(1) == Point(x=1, y=0, label="p") == Point(1, 0, "p")
+    assert Point(1, label="q").label == "q"
+    assert Point.dimensions == 2
+    assert Point.__match_args__ == ("x", "y", "label")
+
+
+def test_equality_is_by_class_and_fields() -> None:
+    assert Point(1, 2) != Point(1, 3)
+    assert Point(1, 2) != (1, 2, "p")
+    assert hash(Point(1, 2)) == hash(Point(1, 2))
+    assert len({Point(1, 2), Point(1, 2), Point(2, 1)}) == 2
+
+
+def test_frozen_records_refuse_changes_and_have_no_dict() -> None:
+    point = Point(1)
+    with pytest.raises(FrozenRecordError, match="cannot assign to field 'x': Point is frozen"):
+        point.x = 2  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del point.y  # type: ignore[misc]
+    assert not hasattr(point, "__dict__")
+    with pytest.raises(AttributeError):
+        point.other = 1  # type: ignore[attr-defined]
+
+
+def test_post_init_validates_construction_and_replace() -> None:
+    with pytest.raises(ValueError, match="x must not be negative"):
+        Point(-1)
+    with pytest.raises(ValueError, match="x must not be negative"):
+        replace(Point(1), x=-1)
+    assert replace(Point(1, 2), y=5) == Point(1, 5)
+    with pytest.raises(TypeError, match="Point has no field 'z'"):
+        replace(Point(1), z=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {}, r"Point\(\) missing required argument 'x'"),
+        ((1, 2, "a", 4), {}, r"Point\(\) takes 3 positional arguments but 4 were given"),
+        ((1,), {"x": 2}, r"Point\(\) got multiple values for argument 'x'"),
+        ((1,), {"z": 2}, r"Point\(\) got an unexpected keyword argument 'z'"),
+    ],
+)
+def test_bad_arguments_fail_like_a_dataclass(args: tuple[object, ...], kwargs: dict[str, object],
+                                             message: str) -> None:  # fmt: skip
+    with pytest.raises(TypeError, match=message):
+        Point(*args, **kwargs)  # type: ignore[arg-type, misc]
+
+
+def test_mutable_records_get_fresh_factory_defaults_and_are_unhashable() -> None:
+    first, second = Bag("a"), Bag("b")
+    first.items.append(1)
+    assert second.items == []
+    first.name = "c"
+    assert first == Bag("c", [1])
+    with pytest.raises(TypeError):
+        hash(first)
+
+
+def test_repr_as_dict_pickle_and_copy() -> None:
+    point = Point(1, 2, "q")
+    assert repr(point) == "Point(x=1, y=2, label='q')"
+    assert as_dict(point) == {"x": 1, "y": 2, "label": "q"}
+    assert pickle.loads(pickle.dumps(point)) == point
+    assert copy.deepcopy(point) == point
+    policy = Policy(idle=30, interval=5, count=3)
+    assert pickle.loads(pickle.dumps(policy)) == policy
+    assert copy.copy(policy) == policy
