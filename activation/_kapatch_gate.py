@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+
+TYPE_CHECKING = False  # collections.abc would cost ~1 ms at start for an annotation
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["EX_CONFIG", "OFF_WORDS", "enabled", "start"]
 

@@ -10,9 +10,7 @@ the same results.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import sys
 
 __all__ = ["entry_points", "version"]
@@ -21,12 +19,28 @@ _SUFFIXES = (".dist-info", ".egg-info")
 
 
 def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+    """PEP 503: runs of ``-``, ``_`` and ``.`` become one ``-``, lower case (without re: ~4 ms)."""
+    out: list[str] = []
+    for char in name:
+        if char not in "-_.":
+            out.append(char)
+        elif not out or out[-1] != "-":
+            out.append("-")
+    return "".join(out).lower()
 
 
-@functools.lru_cache(maxsize=1)
+_found: tuple[tuple[str, str, str | None], ...] | None = None
+
+
 def _distributions() -> tuple[tuple[str, str, str | None], ...]:
-    """(directory, normalised name, version) of every distribution, in sys.path order."""
+    """(directory, normalised name, version) of every distribution, in sys.path order; listed once."""
+    global _found  # noqa: PLW0603 - a once-per-process cache
+    if _found is None:
+        _found = _list_distributions()
+    return _found
+
+
+def _list_distributions() -> tuple[tuple[str, str, str | None], ...]:
     found = []
     for directory in sys.path:
         try:

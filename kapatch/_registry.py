@@ -7,11 +7,9 @@ importing anything; a class is loaded only when its adapter is enabled.
 
 from __future__ import annotations
 
-import functools
-
 from ._dist_info import entry_points
 
-__all__ = ["BUILTIN_ADAPTERS", "ENTRY_POINT_GROUP", "adapter_entry_points", "adapter_names"]
+__all__ = ["BUILTIN_ADAPTERS", "ENTRY_POINT_GROUP", "adapter_entry_points", "adapter_names", "clear_cache"]
 
 ENTRY_POINT_GROUP = "kapatch.adapters"
 
@@ -25,13 +23,24 @@ BUILTIN_ADAPTERS: dict[str, str] = {
 }
 
 
-@functools.lru_cache(maxsize=1)
+_found: dict[str, str] | None = None  # read once per process (functools costs ~1 ms at start)
+
+
 def adapter_entry_points() -> dict[str, str]:
     """Adapter name -> ``module:Class``; built-ins first, then any third party's."""
-    found = dict(BUILTIN_ADAPTERS)
-    for name, target in entry_points(ENTRY_POINT_GROUP).items():
-        found.setdefault(name, target)
-    return found
+    global _found  # noqa: PLW0603 - a once-per-process cache
+    if _found is None:
+        found = dict(BUILTIN_ADAPTERS)
+        for name, target in entry_points(ENTRY_POINT_GROUP).items():
+            found.setdefault(name, target)
+        _found = found
+    return _found
+
+
+def clear_cache() -> None:
+    """Discover the adapters again on next use (tests, or after installing an adapter)."""
+    global _found  # noqa: PLW0603
+    _found = None
 
 
 def adapter_names() -> tuple[str, ...]:

@@ -1,4 +1,3 @@
-
 """The doctor's live self-test. Runs in a CHILD process, so the doctor's own process stays clean.
 
 The child imports each installed client library, installs the policy, and makes one

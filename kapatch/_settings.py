@@ -7,15 +7,17 @@ doctor`` can say where every effective value came from.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
-from typing import Any
-
 from ._errors import ConfigError
+from ._log import LEVELS
 from ._records import field, record
 from .policy import Mode, parse_bool, parse_policy_fields
 from .profiles import get_profile
 from .rules import Rule, parse_matcher
+
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 __all__ = [
     "ADAPTER_FIELDS",
@@ -69,13 +71,10 @@ def _on_error(value: object, setting: str) -> str:
     raise ConfigError(setting, value, "warn (log and carry on) or raise (fail fast)")
 
 
-_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
 def _log_level(value: object, setting: str) -> int:
-    if isinstance(value, str) and value.strip().lower() in _LEVELS:
-        return int(logging.getLevelName(value.strip().upper()))
-    raise ConfigError(setting, value, f"one of {', '.join(_LEVELS)}")
+    if isinstance(value, str) and value.strip().lower() in LEVELS:
+        return LEVELS[value.strip().lower()]
+    raise ConfigError(setting, value, f"one of {', '.join(LEVELS)}")
 
 
 def _names(value: object, setting: str) -> tuple[str, ...]:

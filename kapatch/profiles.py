@@ -9,12 +9,15 @@ silently dropped the flow anyway. Figures: ``RESEARCH.md`` and the README.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import MappingProxyType
 
 from ._errors import ConfigError
 from ._records import record
 from .policy import Policy
+
+TYPE_CHECKING = False  # collections.abc costs ~1 ms at interpreter start, for an annotation
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["DEFAULT_PROFILE", "PROFILES", "Profile", "get_profile"]
 

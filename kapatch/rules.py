@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
-import functools
-import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, TypeAlias
-
 from ._errors import ConfigError
+from ._memo import remember
 from ._records import record, replace
 from .policy import Policy, parse_policy_fields
 from .profiles import get_profile
 
 __all__ = ["Destination", "Matcher", "Rule", "first_match", "parse_matcher"]
 
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
     import ipaddress
+    from collections.abc import Iterable
+    from typing import Literal, TypeAlias
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
@@ -24,8 +22,9 @@ PATTERN_HELP = (
     "a CIDR (10.0.0.0/8, [fd00::/8]), an IP, a host glob (*.internal), or '*', "
     "each with an optional :port (db.internal:5432, [::1]:6379, *:5432)"
 )
-_HOST_GLOB = re.compile(r"[A-Za-z0-9_.*?\-\[\]!]+")
-_LOOKS_NUMERIC = re.compile(r"[0-9./]+|.*:.*:.*")
+# Checked as character sets, not with re: rules are parsed at interpreter start.
+_HOST_GLOB_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.*?-[]!")
+_NUMERIC_CHARS = frozenset("0123456789./")
 
 
 @record
@@ -71,7 +70,9 @@ class Matcher:
                 return False
         if self.host_glob is not None:
             host = destination.host
-            if host is None or not fnmatch.fnmatchcase(host.lower(), self.host_glob):
+            from fnmatch import fnmatchcase  # only where host-glob rules exist: it imports re
+
+            if host is None or not fnmatchcase(host.lower(), self.host_glob):
                 return False
         return True
 
@@ -113,9 +114,9 @@ def parse_matcher(pattern: str, setting: str = "match") -> Matcher:
         return Matcher(network=_network(text, setting, pattern), text=text)
     if host_part in ("", "*"):
         return Matcher(port=port, text=text)
-    if _LOOKS_NUMERIC.fullmatch(host_part):
+    if _NUMERIC_CHARS.issuperset(host_part):  # no colon is left here: IPv6 returned above
         return Matcher(network=_network(host_part, setting, pattern), port=port, text=text)
-    if not _HOST_GLOB.fullmatch(host_part):
+    if not _HOST_GLOB_CHARS.issuperset(host_part):
         raise ConfigError(setting, pattern, PATTERN_HELP)
     return Matcher(host_glob=host_part.lower(), port=port, text=text)
 
@@ -184,11 +185,16 @@ class Rule:
         return f"{self.matcher.text} -> {what}{only}"
 
 
-@functools.lru_cache(maxsize=256)
+_RULE_POLICIES: dict[tuple[Rule, Policy], Policy] = {}
+
+
 def _rule_policy(rule: Rule, base: Policy) -> Policy:
     # Computed once per (rule, adapter policy): connections only look it up.
-    start = get_profile(rule.profile).policy if rule.profile else base
-    return replace(start, **dict(rule.changes))
+    found = _RULE_POLICIES.get((rule, base))
+    if found is None:
+        start = get_profile(rule.profile).policy if rule.profile else base
+        found = remember(_RULE_POLICIES, (rule, base), replace(start, **dict(rule.changes)), 256)
+    return found
 
 
 def first_match(rules: Iterable[Rule], adapter: str, destination: Destination) -> Rule | None:

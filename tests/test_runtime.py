@@ -246,10 +246,10 @@ def claimer(monkeypatch):
     from kapatch import _registry
 
     monkeypatch.setitem(_registry.BUILTIN_ADAPTERS, "claimer", f"{__name__}:Claimer")
-    _registry.adapter_entry_points.cache_clear()
+    _registry.clear_cache()
     yield "claimer"
     kapatch.uninstall()
-    _registry.adapter_entry_points.cache_clear()
+    _registry.clear_cache()
 
 
 def test_claims_from_a_library_adapter_use_its_policy_even_with_socket_adapter_off(listener, claimer):
@@ -369,7 +369,7 @@ def test_library_imported_after_install_is_patched_lazily():
         sys.modules["probe_mod"] = sys.modules[__name__]
         sys.modules["probe_mod"].Probe = Probe
         sys.modules["probe_mod"].Broken = Broken
-        _registry.adapter_entry_points.cache_clear()
+        _registry.clear_cache()
         _registry.BUILTIN_ADAPTERS.update(probe="probe_mod:Probe", broken="probe_mod:Broken")
         sys.modules.pop("json", None); sys.modules.pop("csv", None)
         kapatch.install()
