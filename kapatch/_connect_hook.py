@@ -15,22 +15,23 @@ right, and this is installed at interpreter start, where importing wrapt would c
 
 from __future__ import annotations
 
-import functools
+import _thread
+import functools  # socket imports it (through enum) before this module loads
 import socket
-import threading
-from typing import TYPE_CHECKING, Any, Protocol
 
+TYPE_CHECKING = False  # typing costs ~7 ms; type checkers treat this name as True
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any, Protocol
+
+    class _Listener(Protocol):
+        def on_connect(self, sock: socket.socket, address: Any) -> None: ...
+
 
 __all__ = ["ConnectHook"]
 
 _METHODS = ("connect", "connect_ex")
 _MISSING = object()
-
-
-class _Listener(Protocol):
-    def on_connect(self, sock: socket.socket, address: Any) -> None: ...
 
 
 def _hooked(listener: _Listener, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,7 +47,7 @@ class ConnectHook:
     def __init__(self, listener: _Listener) -> None:
         self._listener = listener
         self._saved: dict[str, object] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     @property
     def installed(self) -> bool:

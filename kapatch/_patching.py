@@ -8,15 +8,18 @@ identity-exact, not merely behaviour-alike.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from typing import Any
+import _thread
+
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
 
 __all__ = ["Patcher"]
 
 _MISSING = object()
 
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+Wrapper: TypeAlias = "Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]"
 
 
 class Patcher:
@@ -24,7 +27,7 @@ class Patcher:
 
     def __init__(self) -> None:
         self._saved: list[tuple[object, str, object]] = []
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def wrap(self, owner: object, name: str, wrapper: Wrapper) -> None:
         """Wrap ``owner.name`` (a class or a module attribute) with *wrapper*; idempotent."""

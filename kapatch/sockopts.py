@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-import _socket
+import _socket  # the C module: socket.py's constants without its ~5 ms (enum) at start
 import errno
-import functools
-import socket
-from types import ModuleType
-from typing import Protocol
 
-from ._plan import Plan
+from ._memo import remember
 from ._platforms import _FALLBACKS, compile_for, current_platform
 from ._records import record
-from .policy import Policy
+
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
+if TYPE_CHECKING:
+    import socket
+    from types import ModuleType
+    from typing import Protocol
+
+    from ._plan import Plan
+    from .policy import Policy
+
+    class SocketLike(Protocol):
+        """A socket, or a socket-like object such as asyncio's ``TransportSocket``."""
+
+        @property
+        def family(self) -> int: ...
+        @property
+        def type(self) -> int: ...
+        def getsockopt(self, level: int, optname: int, /) -> int: ...
+
 
 __all__ = [
     "ApplyResult",
     "KeepaliveState",
-    "SocketLike",
     "apply_plan",
     "compile_plan",
     "inspect",
@@ -26,7 +39,7 @@ __all__ = [
 ]
 
 _TCP_FAMILIES = tuple(
-    family for family in (getattr(socket, "AF_INET", None), getattr(socket, "AF_INET6", None))
+    family for family in (getattr(_socket, "AF_INET", None), getattr(_socket, "AF_INET6", None))
     if family is not None
 )  # fmt: skip
 
@@ -44,20 +57,16 @@ _UNSUPPORTED_ERRNOS = frozenset(
 )
 
 
-@functools.lru_cache(maxsize=128)
-def compile_plan(policy: Policy, platform: str | None = None, module: ModuleType = socket) -> Plan:
+_PLANS: dict[tuple[Policy, str | None, ModuleType], Plan] = {}
+
+
+def compile_plan(policy: Policy, platform: str | None = None, module: ModuleType = _socket) -> Plan:
     """Compile *policy* for *platform* (default: this one). Cached: a plan is computed once."""
-    return compile_for(policy, current_platform(platform), module)
-
-
-class SocketLike(Protocol):
-    """A socket, or a socket-like object such as asyncio's ``TransportSocket``."""
-
-    @property
-    def family(self) -> int: ...
-    @property
-    def type(self) -> int: ...
-    def getsockopt(self, level: int, optname: int, /) -> int: ...
+    found = _PLANS.get((policy, platform, module))
+    if found is None:
+        plan = compile_for(policy, current_platform(platform), module)
+        found = remember(_PLANS, (policy, platform, module), plan, 128)
+    return found
 
 
 # The C-level getters return plain ints; socket.socket's properties convert each to an enum,
@@ -74,7 +83,7 @@ def not_tcp_reason(sock: SocketLike) -> str | None:
         family, kind = sock.family, sock.type
     if family not in _TCP_FAMILIES:
         return f"not TCP: family {sock.family!s}"
-    if kind != socket.SOCK_STREAM:
+    if kind != _socket.SOCK_STREAM:
         return f"not TCP: type {sock.type!s}"
     return None
 
@@ -178,11 +187,11 @@ def inspect(sock: SocketLike) -> KeepaliveState:
     table = _FALLBACKS[platform]
 
     def read(level: str, name: str) -> int | None:
-        option = getattr(socket, name, table.get(name))
+        option = getattr(_socket, name, table.get(name))
         if option is None:
             return None
         try:
-            return sock.getsockopt(getattr(socket, level, table[level]), option)
+            return sock.getsockopt(getattr(_socket, level, table[level]), option)
         except OSError:
             return None  # this OS version cannot report it
 

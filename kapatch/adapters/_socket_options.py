@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-from typing import TYPE_CHECKING, Any
+import _socket  # the C module: the same constants without socket.py's ~5 ms at start
 
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
 __all__ = ["KEEPALIVE_OPTIONS", "sets_keepalive"]
 
 
 def _keepalive_options() -> frozenset[tuple[int, int]]:
-    found = {(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
-    tcp = getattr(socket, "IPPROTO_TCP", 6)
+    found = {(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE)}
+    tcp = getattr(_socket, "IPPROTO_TCP", 6)
     # TCP_KEEPALIVE is macOS's name for the idle time; TCP_USER_TIMEOUT is Linux only.
     for name in ("TCP_KEEPIDLE", "TCP_KEEPALIVE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT"):
-        option = getattr(socket, name, None)
+        option = getattr(_socket, name, None)
         if option is not None:
             found.add((tcp, option))
     return frozenset(found)

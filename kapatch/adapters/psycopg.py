@@ -23,18 +23,20 @@ the original binding (``psycopg.connect(...)`` and the classes are reached eithe
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
 
+from .. import _log
+from .._memo import remember
 from ..rules import Destination
 from ._base import Adapter
 
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, ClassVar
+
     from ..policy import Policy
 
 __all__ = [
@@ -44,8 +46,6 @@ __all__ = [
     "libpq_parameters",
     "service_parameters",
 ]
-
-logger = logging.getLogger("kapatch")
 
 KEEPALIVE_PARAMETERS = (
     "keepalives",
@@ -199,7 +199,8 @@ class PsycopgAdapter(Adapter):
 
         self._user_timeout_supported = pq.version() >= _TCP_USER_TIMEOUT_SINCE
         if not self._user_timeout_supported:
-            logger.info(
+            _log.log(
+                _log.INFO,
                 "kapatch: libpq %s has no tcp_user_timeout (needs 12+): psycopg connections get "
                 "keepalive only",
                 pq.version(),
@@ -286,13 +287,19 @@ def _mentions_keepalive(conninfo: str) -> bool:
     return any(name in _parse_conninfo(conninfo) for name in KEEPALIVE_PARAMETERS)
 
 
-@functools.lru_cache(maxsize=64)
+_PARSED: dict[str, Mapping[str, str]] = {}
+
+
 def _parse_conninfo(conninfo: str) -> Mapping[str, str]:
     """libpq's own parse of *conninfo* (key/value or URL), read-only.
 
     Cached: a pool connects with the same string again and again, and the parse builds
     every libpq option each time (about 50 us, a measurable share of a loopback connect).
     """
-    from psycopg.conninfo import conninfo_to_dict
+    found = _PARSED.get(conninfo)
+    if found is None:
+        from psycopg.conninfo import conninfo_to_dict
 
-    return MappingProxyType({k: str(v) for k, v in conninfo_to_dict(conninfo).items()})
+        parsed = MappingProxyType({k: str(v) for k, v in conninfo_to_dict(conninfo).items()})
+        found = remember(_PARSED, conninfo, parsed, 64)
+    return found
