@@ -104,3 +104,57 @@ def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server)
     result = json.loads(done.stdout)
     assert result["before"] == {"wrapt": False, "importlib.metadata": False, "kapatch.runtime": True}
     assert result["after"] == {"wrapt": True, "patched": "patched"}
+
+
+# What an enabled start may add to a disabled one, besides kapatch's own modules: C
+# modules and tiny pure-Python ones. Everything else (typing, re, enum, logging,
+# threading, functools, dataclasses, socket, ...) costs milliseconds each at start; see
+# benchmarks/startup.py for the figures.
+ALLOWED_AT_START = {"_socket", "_contextvars", "contextvars", "types", "math", "errno", "__future__"}
+
+
+def _modules_at_start(environ: dict[str, str], program: str = "") -> set[str]:
+    code = f"import sys\nstart = set(sys.modules)\n{program}\nprint(' '.join(sorted(start)))"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **environ},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_enabled_start_adds_only_kapatch_and_a_few_c_modules():
+    disabled = _modules_at_start({})
+    enabled = _modules_at_start(
+        {"KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "45s", "KAPATCH_EXCLUDE": "*.internal"}
+    )
+    assert "kapatch.runtime" in enabled  # it did start
+    added = {
+        name for name in enabled - disabled if name != "_kapatch_gate" and not name.startswith("kapatch")
+    }
+    assert added <= ALLOWED_AT_START, sorted(added - ALLOWED_AT_START)
+
+
+def test_the_connect_hook_goes_on_when_socket_is_first_imported():
+    """Not at start (socket.py costs ~5 ms), but before any socket of the program can connect."""
+    code = textwrap.dedent(
+        """
+        import sys
+        assert "socket" not in sys.modules, "socket was imported at start"
+        import socket
+        # The hook is set on socket.socket itself; without it both come from _socket.socket.
+        print(*(name for name in ("connect", "connect_ex") if name in vars(socket.socket)))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["connect", "connect_ex"]
