@@ -87,6 +87,8 @@ class _Runtime:
             if self.connect_hook is None:
                 self.connect_hook = ConnectHook(self)
             self.connect_hook.install()
+            for adapter in self.adapters.values():
+                self.reasons[adapter.name] = self._describe_patch_state(adapter)
 
     def _enable(self, name: str, target: str) -> None:
         try:
@@ -120,10 +122,13 @@ class _Runtime:
 
         self.import_hooks.when_imported(module_name, on_import)
 
-    @staticmethod
-    def _describe_patch_state(adapter: Adapter) -> str:
+    def _describe_patch_state(self, adapter: Adapter) -> str:
         if not adapter.modules:
-            return "active" + (" (socket.socket.connect hook)" if adapter.needs_connect_hook else "")
+            if not adapter.needs_connect_hook:
+                return "active"
+            if self.connect_hook is None or not self.connect_hook.installed:
+                return "waiting for import of socket"
+            return "active (socket.socket.connect hook)"
         if adapter.patched:
             return "patched"
         return "waiting for import of " + " or ".join(adapter.modules)

@@ -145,10 +145,13 @@ def test_the_connect_hook_goes_on_when_socket_is_first_imported():
     code = textwrap.dedent(
         """
         import sys
+        import kapatch
         assert "socket" not in sys.modules, "socket was imported at start"
+        print(kapatch.status().adapter("socket").reason)
         import socket
         # The hook is set on socket.socket itself; without it both come from _socket.socket.
         print(*(name for name in ("connect", "connect_ex") if name in vars(socket.socket)))
+        print(kapatch.status().adapter("socket").reason)
         """
     )
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
@@ -157,4 +160,8 @@ def test_the_connect_hook_goes_on_when_socket_is_first_imported():
         env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["connect", "connect_ex"]
+    assert done.stdout.splitlines() == [
+        "waiting for import of socket",
+        "connect connect_ex",
+        "active (socket.socket.connect hook)",
+    ]
