@@ -1,16 +1,18 @@
-"""Value types without code generation: what kapatch uses instead of ``@dataclass``.
+"""Value types that are cheap to define: what kapatch uses instead of ``@dataclass``.
 
 kapatch defines its configuration types at interpreter start when ``KAPATCH_ENABLED=1``.
 ``dataclasses`` costs ~13 ms to import there (it imports ``inspect``), and each frozen,
 slotted dataclass then costs 0.6-1 ms to define, because ``__init__``, ``__eq__``,
 ``__hash__``, ``__setattr__`` and ``__delattr__`` are generated with ``exec``. ``@record``
-gives the same behaviour from shared, pre-written functions: ~20 us per class.
+shares pre-written functions for all but ``__init__`` (~40 us per class), and generates
+``__init__`` the first time a class is instantiated (~45 us, once): a record is then
+built as fast as a dataclass, which the connect path needs (a few records per connection).
 
 A record has ``__slots__``, keyword and positional construction with defaults
-(``field(default_factory=...)`` for mutable ones), ``__post_init__``, ``==`` by class
-and fields, ``hash`` and immutability when frozen (the default), a dataclass-style
-``repr``, ``replace()``, ``fields()`` and ``as_dict()``. Type checkers see a dataclass through
-``dataclass_transform`` (PEP 681).
+(``field(default_factory=...)`` for mutable ones) and a dataclass's error messages,
+``__post_init__``, ``==`` by class and fields, ``hash`` (computed once) and immutability
+when frozen (the default), a dataclass-style ``repr``, ``replace()``, ``fields()`` and
+``as_dict()``. Type checkers see a dataclass, through ``dataclass_transform`` (PEP 681).
 """
 
 from __future__ import annotations
@@ -91,14 +93,17 @@ def _build(cls: type[_R], *, frozen: bool) -> type[_R]:
         if not str(annotation).startswith(("ClassVar", "typing.ClassVar"))
     )
     defaults = {name: own[name] for name in names if name in own}
+    first_default = next((i for i, name in enumerate(names) if name in defaults), len(names))
+    for name in names[first_default:]:
+        if name not in defaults:  # as for a function's parameters
+            raise TypeError(f"{cls.__qualname__}: field {name!r} has no default but follows one that has")
     namespace = {key: value for key, value in own.items() if key not in defaults}
     for inherited in ("__dict__", "__weakref__"):
         namespace.pop(inherited, None)
     namespace.update(
-        __slots__=names,
+        __slots__=(*names, "_record_hash") if frozen else names,
         __record_fields__=names,
         __match_args__=names,
-        __init__=_make_init(cls, names, defaults),
         __repr__=_repr,
         __eq__=_eq,
         __reduce__=_reduce,
@@ -110,42 +115,51 @@ def _build(cls: type[_R], *, frozen: bool) -> type[_R]:
     metaclass: Any = type(cls)
     built: type[_R] = metaclass(cls.__name__, cls.__bases__, namespace)
     built.__qualname__ = cls.__qualname__
+    type.__setattr__(built, "__init__", _first_init(built, defaults))
     return built
 
 
-def _make_init(cls: type, names: tuple[str, ...], defaults: dict[str, object]) -> Callable[..., None]:
-    qualname = cls.__qualname__
-    count = len(names)
-    known = frozenset(names)
-    factories = {name: value.make for name, value in defaults.items() if isinstance(value, _Factory)}
-    plain = {name: value for name, value in defaults.items() if name not in factories}
-    post_init = getattr(cls, "__post_init__", None)
-    set_field = object.__setattr__
+def _first_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
+    """An ``__init__`` that compiles the class's real one on first use, then hands over.
+
+    The real one is generated code, as dataclasses make it, so building an instance costs
+    what a dataclass costs (~0.4 us); compiling it lazily costs ~45 us once per class that
+    is ever instantiated, instead of at definition for every class.
+    """
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:
-        if len(args) > count:
-            raise TypeError(f"{qualname}() takes {count} positional arguments but {len(args)} were given")
-        if kwargs and not known.issuperset(kwargs):
-            unexpected = sorted(set(kwargs) - known)[0]
-            raise TypeError(f"{qualname}() got an unexpected keyword argument {unexpected!r}")
-        for name, value in zip(names, args):  # noqa: B905 - fewer args than fields is normal
-            if name in kwargs:
-                raise TypeError(f"{qualname}() got multiple values for argument {name!r}")
-            set_field(self, name, value)
-        for name in names[len(args) :]:
-            if name in kwargs:
-                value = kwargs[name]
-            elif name in plain:
-                value = plain[name]
-            elif name in factories:
-                value = factories[name]()
-            else:
-                raise TypeError(f"{qualname}() missing required argument {name!r}")
-            set_field(self, name, value)
-        if post_init is not None:
-            post_init(self)
+        real = _compile_init(cls, defaults)
+        type.__setattr__(cls, "__init__", real)
+        real(self, *args, **kwargs)
 
     return __init__
+
+
+def _compile_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
+    names: tuple[str, ...] = cls.__record_fields__  # type: ignore[attr-defined]
+    scope: dict[str, object] = {"_MISSING": _NO_DEFAULT}
+    parameters, body = [], []
+    for index, name in enumerate(names):
+        default = defaults.get(name, _NO_DEFAULT)
+        if isinstance(default, _Factory):
+            scope[f"_factory{index}"] = default.make
+            parameters.append(f"{name}=_MISSING")
+            body.append(f"    if {name} is _MISSING:\n        {name} = _factory{index}()")
+        elif default is not _NO_DEFAULT:
+            scope[f"_default{index}"] = default
+            parameters.append(f"{name}=_default{index}")
+        else:
+            parameters.append(name)
+        # The slot's own setter: it bypasses a frozen record's __setattr__, as dataclasses do.
+        scope[f"_set{index}"] = cls.__dict__[name].__set__
+        body.append(f"    _set{index}(self, {name})")
+    if getattr(cls, "__post_init__", None) is not None:
+        body.append("    self.__post_init__()")
+    source = f"def __init__(self, {', '.join(parameters)}):\n" + "\n".join(body or ["    pass"]) + "\n"
+    exec(source, scope)  # generated from field names only, as dataclasses do
+    init: Callable[..., None] = scope["__init__"]  # type: ignore[assignment]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 def _values(instance: object) -> tuple[object, ...]:
@@ -164,7 +178,13 @@ def _eq(self: object, other: object) -> Any:  # bool, or NotImplemented for othe
 
 
 def _hash(self: object) -> int:
-    return hash(_values(self))
+    # Computed once: policies and plans are hashed on every connection (cache keys).
+    try:
+        return self._record_hash  # type: ignore[attr-defined, no-any-return]
+    except AttributeError:
+        found = hash(_values(self))
+        object.__setattr__(self, "_record_hash", found)
+        return found
 
 
 def _reduce(self: object) -> tuple[object, tuple[object, ...]]:
