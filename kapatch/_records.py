@@ -136,7 +136,7 @@ def _first_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
 
 
 def _compile_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
-    names: tuple[str, ...] = cls.__record_fields__  # type: ignore[attr-defined]
+    names = fields(cls)
     scope: dict[str, object] = {"_MISSING": _NO_DEFAULT}
     parameters, body = [], []
     for index, name in enumerate(names):
@@ -163,11 +163,11 @@ def _compile_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]
 
 
 def _values(instance: object) -> tuple[object, ...]:
-    return tuple(getattr(instance, name) for name in instance.__record_fields__)  # type: ignore[attr-defined]
+    return tuple(getattr(instance, name) for name in fields(instance))
 
 
 def _repr(self: object) -> str:
-    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__record_fields__)  # type: ignore[attr-defined]
+    shown = ", ".join(f"{name}={value!r}" for name, value in as_dict(self).items())
     return f"{type(self).__qualname__}({shown})"
 
 
