@@ -129,6 +129,7 @@ ADAPTER_FIELDS: dict[str, Callable[[object, str], object]] = {
 GLOBAL_SETTINGS: dict[str, Callable[[object, str], object]] = {
     **ADAPTER_FIELDS,
     "enabled": parse_bool,
+    "inbound": parse_bool,
     "adapters": _names,
     "disabled_adapters": _names,
     "exclude": _exclude,

@@ -24,6 +24,8 @@ class AdapterStatus:
     policy: Policy
     mode: Mode
     counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COUNTERS, 0)))
+    kept: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Respect mode: per field, how many connections kept the application's own value."""
 
 
 @record
@@ -50,4 +52,7 @@ class Status:
             lines.append(f"  [{state}] {a.name}{version}: {a.reason}")
             if a.enabled:
                 lines.append(f"        {a.policy.describe()}; mode {a.mode}; {counts}")
+                if a.kept:
+                    kept = ", ".join(f"{name} x{n}" for name, n in sorted(a.kept.items()))
+                    lines.append(f"        kept as the application chose them: {kept}")
         return "\n".join(lines)

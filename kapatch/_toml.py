@@ -56,7 +56,8 @@ def read_toml(path: str, adapter_names: Iterable[str], setting: str = "config") 
         where = f"{path}: {key}"
         if key == "rule":
             _read_rules(layer, value, path, adapters)
-        elif key in adapters:
+        elif key in adapters and (isinstance(value, dict) or key not in GLOBAL_SETTINGS):
+            # `inbound = true` turns the opt-in adapter on; `[inbound]` holds its own settings.
             if not isinstance(value, dict):
                 raise ConfigError(where, value, f"a table of {key}'s own settings: [{key}]")
             _read_adapter(layer, key, value, path)

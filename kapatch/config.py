@@ -52,6 +52,8 @@ class Config:
     """Adapters to enable; ``None``: every one that is available."""
     disabled_adapters: frozenset[str] = frozenset()
     """Adapters never to enable; ``"*"`` disables all."""
+    opted_in: frozenset[str] = frozenset()
+    """Opt-in adapters turned on (``inbound = true``, or named in ``adapters``)."""
     adapter_configs: Mapping[str, AdapterConfig] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     on_error: Literal["warn", "raise"] = "warn"
@@ -221,9 +223,17 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
     rules = [*(exclude.value if exclude else ()), *(r for layer in layers for r in layer.rules)]
     _check_rules(rules, policy, adapter_configs, names)
     enabled = pick("enabled")
+    inbound = pick("inbound")
+    opted_in = frozenset(selected.value if selected else ())
+    own_inbound = _highest_adapter(layers, "inbound", "enabled")
+    # On by `inbound = true` (KAPATCH_INBOUND=1), or by its own `enabled` (KAPATCH_INBOUND_ENABLED=1).
+    if (inbound is not None and inbound.value) or (own_inbound is not None and own_inbound.value):
+        opted_in |= {"inbound"}
     on_error = pick("on_error")
     log_level = pick("log_level")
-    for key in ("enabled", "adapters", "disabled_adapters", "exclude", "on_error", "log_level", "config"):
+    for key in (
+        "enabled", "inbound", "adapters", "disabled_adapters", "exclude", "on_error", "log_level", "config"
+    ):  # fmt: skip
         found = pick(key)
         sources[key] = found.source if found else "default"
     sources["profile"] = profile_setting.source if profile_setting else "default"
@@ -234,6 +244,7 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
         mode=mode,
         adapters=frozenset(selected.value) - {"*"} if selected and "*" not in selected.value else None,
         disabled_adapters=frozenset(disabled.value) if disabled else frozenset(),
+        opted_in=opted_in,
         adapter_configs=MappingProxyType(adapter_configs),
         rules=tuple(rules),
         on_error=on_error.value if on_error else "warn",

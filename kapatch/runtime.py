@@ -9,7 +9,6 @@ connect, and without making a process that never opens one import it.
 
 from __future__ import annotations
 
-import _socket
 import _thread
 import contextvars
 import os
@@ -18,11 +17,12 @@ import sys
 from . import _log
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
+from ._respect import NOTHING, chosen_on_socket, fields_written
 from .adapters._base import COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
 from .rules import Destination, first_match
-from .sockopts import apply_plan, compile_plan, not_tcp_reason
+from .sockopts import apply_decided, not_tcp_reason
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -31,9 +31,8 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
-    from ._connect_hook import ConnectHook
+    from ._socket_hooks import SocketHooks
     from ._status import Status
-    from .policy import Policy
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -51,10 +50,11 @@ class _Runtime:
         self.adapters: dict[str, Adapter] = {}
         self.reasons: dict[str, str] = {}
         self.counts: dict[str, dict[str, int]] = {}
+        self.kept: dict[str, dict[str, int]] = {}  # adapter -> field -> connections that kept it
         self.logged: set[tuple[str, ...]] = set()
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
-        self.connect_hook: ConnectHook | None = None  # made when socket is first imported
+        self.socket_hooks: SocketHooks | None = None  # made when socket is first imported
         self.import_hooks = ImportHooks()
 
     # -- install / uninstall -------------------------------------------------
@@ -70,23 +70,25 @@ class _Runtime:
                 for name, target in adapter_entry_points().items():
                     self._configs[name] = config.for_adapter(name)
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
+                    self.kept.pop(name, None)
                     if not config.wants_adapter(name):
                         self.reasons[name] = "not selected by the configuration"
                         continue
                     self._enable(name, target)
-                if any(adapter.needs_connect_hook for adapter in self.adapters.values()):
+                hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self.adapters.values()))
+                if hooks:
                     generation = self.generation
-                    self.import_hooks.when_imported("socket", lambda _: self._hook_connect(generation))
+                    self.import_hooks.when_imported("socket", lambda _: self._hook_socket(generation, hooks))
 
-    def _hook_connect(self, generation: int) -> None:
-        from ._connect_hook import ConnectHook
+    def _hook_socket(self, generation: int, hooks: frozenset[str]) -> None:
+        from ._socket_hooks import SocketHooks
 
         with self._lock:
             if generation != self.generation:
                 return  # an import hook from an earlier install()
-            if self.connect_hook is None:
-                self.connect_hook = ConnectHook(self)
-            self.connect_hook.install()
+            if self.socket_hooks is None:
+                self.socket_hooks = SocketHooks(self)
+            self.socket_hooks.install(hooks)
             for adapter in self.adapters.values():
                 self.reasons[adapter.name] = self._describe_patch_state(adapter)
 
@@ -98,6 +100,8 @@ class _Runtime:
             self.reasons[name] = f"failed to load {target}: {error!r}"
             _log.warning("kapatch: adapter %s failed to load: %r", name, error)
             return
+        if reason is None and adapter_class.opt_in and self.config and name not in self.config.opted_in:
+            reason = f"off unless turned on ({name} = true, KAPATCH_{name.upper()}=1)"
         if reason is not None:
             self.reasons[name] = reason
             return
@@ -124,11 +128,12 @@ class _Runtime:
 
     def _describe_patch_state(self, adapter: Adapter) -> str:
         if not adapter.modules:
-            if not adapter.needs_connect_hook:
+            if not adapter.socket_hooks:
                 return "active"
-            if self.connect_hook is None or not self.connect_hook.installed:
+            installed = self.socket_hooks.installed if self.socket_hooks is not None else frozenset()
+            if not adapter.socket_hooks <= installed:
                 return "waiting for import of socket"
-            return "active (socket.socket.connect hook)"
+            return f"active (socket.socket.{'/'.join(sorted(adapter.socket_hooks))} hook)"
         if adapter.patched:
             return "patched"
         return "waiting for import of " + " or ".join(adapter.modules)
@@ -143,8 +148,8 @@ class _Runtime:
                 adapter.disable()
             except Exception as error:
                 _log.warning("kapatch: restoring adapter %s failed: %r", adapter.name, error)
-        if self.connect_hook is not None:
-            self.connect_hook.remove()
+        if self.socket_hooks is not None:
+            self.socket_hooks.remove()
         self.import_hooks.clear()
         self.adapters.clear()
         self.reasons.clear()
@@ -175,6 +180,7 @@ class _Runtime:
                         policy=adapter_config.policy,
                         mode=adapter_config.mode,
                         counts=MappingProxyType(dict(self.counts.get(name, dict.fromkeys(COUNTERS, 0)))),
+                        kept=MappingProxyType(dict(self.kept.get(name, {}))),
                     )
                 )
             return Status(installed=True, config=self.config, adapters=tuple(entries))
@@ -187,12 +193,12 @@ class _Runtime:
             found = config.for_adapter(adapter)
         return found
 
-    def decide(self, adapter: str, destination: Destination, *, explicit: bool) -> Decision:
-        decision = self._decide(adapter, destination, explicit=explicit)
-        self._count(adapter, _COUNTER_FOR[decision.action])
+    def decide(self, adapter: str, destination: Destination, *, chosen: frozenset[str]) -> Decision:
+        decision = self._decide(adapter, destination, chosen)
+        self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
         return decision
 
-    def _decide(self, adapter: str, destination: Destination, *, explicit: bool) -> Decision:
+    def _decide(self, adapter: str, destination: Destination, chosen: frozenset[str]) -> Decision:
         adapter_config = self.config_for(adapter)
         policy = adapter_config.policy
         rule = first_match(self.config.rules if self.config else (), adapter, destination)
@@ -202,21 +208,44 @@ class _Runtime:
             policy = rule.policy_for(policy)
         if not policy.enabled:
             return Decision("skip", reason="policy disabled")
-        if explicit and adapter_config.mode is Mode.RESPECT:
-            return Decision("respect", reason="the application configured keepalive itself")
-        return Decision("apply", policy)
+        if not chosen or adapter_config.mode is not Mode.RESPECT:
+            return Decision("apply", policy)
+        written = fields_written(policy)
+        kept = chosen & written
+        if not kept:
+            return Decision("apply", policy)
+        reason = "the application chose " + ", ".join(sorted(kept))
+        if kept == written:
+            return Decision("respect", policy, reason=reason, kept=kept)
+        return Decision("apply", policy, reason=reason, kept=kept)
+
+    def policy_for(self, adapter: str, destination: Destination) -> Decision:
+        """What kapatch would decide for a connection nobody configured (not counted)."""
+        return self._decide(adapter, destination, NOTHING)
 
     def configure_socket(
-        self, sock: socket.socket, adapter: str, destination: Destination, *, explicit: bool | None
+        self,
+        sock: socket.socket,
+        adapter: str,
+        destination: Destination,
+        *,
+        chosen: frozenset[str] | None = None,
     ) -> Decision:
         try:
-            if explicit is None:
-                explicit = bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE))
-            decision = self._decide(adapter, destination, explicit=explicit)
+            if chosen is None:
+                try:
+                    chosen = chosen_on_socket(sock)
+                except OSError:
+                    # Closed, or not really TCP (fromfd of a UDP socket): the application's
+                    # own call is about to fail or does not need keepalive. Nothing to say.
+                    decision = Decision("skip", reason="the socket cannot be read")
+                    self._count(adapter, "skipped")
+                    return decision
+            decision = self._decide(adapter, destination, chosen)
             if decision.action != "apply" or decision.policy is None:
-                self._count(adapter, _COUNTER_FOR[decision.action])
+                self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
                 return decision
-            result = apply_plan(sock, compile_plan(decision.policy))
+            result = apply_decided(sock, decision.policy, decision.kept)
         except Exception as error:  # e.g. a closed socket; the connect goes on regardless
             self.record_failure(adapter, "configuring a socket", error)
             return Decision("skip", reason=f"error: {error!r}")
@@ -224,17 +253,19 @@ class _Runtime:
             self.record_failure(adapter, f"setsockopt {option}", refusal, count=False)
         for note in result.unsupported:
             self._log_once(("unsupported", note), _log.INFO, "kapatch: %s", note)
-        self._count(adapter, "configured" if result.ok else "failed")
+        self._count_decision(adapter, decision, "configured" if result.ok else "failed")
         return decision
 
     def claim(
-        self, adapter: str, host: str | None, port: int | None, *, explicit: bool | None = None
+        self, adapter: str, host: str | None, port: int | None, *, chosen: frozenset[str] | None = None
     ) -> _ClaimBlock:
-        return _ClaimBlock(Claim(adapter, host, port, explicit))
+        return _ClaimBlock(Claim(adapter, host, port, chosen))
 
-    def reapply(self, sock: socket.socket, adapter: str, policy: Policy) -> None:
+    def reapply(self, sock: socket.socket, adapter: str, decision: Decision) -> None:
+        if decision.action != "apply" or decision.policy is None:
+            return
         try:
-            result = apply_plan(sock, compile_plan(policy))
+            result = apply_decided(sock, decision.policy, decision.kept)
         except Exception as error:
             self.record_failure(adapter, "re-applying the policy", error)
             return
@@ -247,9 +278,19 @@ class _Runtime:
         if count:
             self._count(adapter, "failed")
 
-    # -- the one connect hook every socket-based adapter shares -----------------
-    def on_connect(self, sock: socket.socket, address: Any) -> None:
-        """Called by the socket adapter before ``connect()``; never raises."""
+    def warn_uncovered(self, adapter: str, what: str) -> None:
+        """Say once that connections made through *what* cannot carry the policy (a silent miss)."""
+        self._log_once(("uncovered", adapter, what), _log.WARNING, "kapatch: %s adapter: %s", adapter, what)
+        self._count(adapter, "uncovered")
+
+    # -- the shared hooks on socket.socket, and the paths that connect elsewhere ---
+    def on_connect(self, sock: socket.socket, address: Any, *, default_adapter: str = "socket") -> None:
+        """A TCP socket is about to connect to *address* (or has just, where a path connects in C).
+
+        The library adapter claiming the current context decides; otherwise
+        *default_adapter*, the adapter of the path itself (``socket`` for the stdlib
+        class, ``gevent``, ``uvloop``). Never raises.
+        """
         try:
             if not_tcp_reason(sock) is not None:
                 return
@@ -258,17 +299,26 @@ class _Runtime:
             if owner is not None and owner.adapter not in self.adapters:
                 owner = None  # claimed by an adapter that is no longer enabled
             if owner is None:
-                if "socket" not in self.adapters:
+                if default_adapter not in self.adapters:
                     return
                 destination = Destination(host=host, address=host, port=port)
-                self.configure_socket(sock, "socket", destination, explicit=None)
+                self.configure_socket(sock, default_adapter, destination)
                 return
             destination = Destination(host=owner.host or host, address=host, port=owner.port or port)
-            owner.decisions.append(
-                self.configure_socket(sock, owner.adapter, destination, explicit=owner.explicit)
-            )
+            decision = self.configure_socket(sock, owner.adapter, destination, chosen=owner.chosen)
+            owner.decisions.append(decision)
         except Exception as error:
-            self.record_failure("socket", "connect hook", error)
+            self.record_failure(default_adapter, "connect hook", error)
+
+    def on_listen(self, sock: socket.socket) -> None:
+        """A TCP socket is about to listen: the inbound policy, inherited by every accepted socket."""
+        try:
+            if "inbound" not in self.adapters or not_tcp_reason(sock) is not None:
+                return
+            host, port = _host_port(sock.getsockname())
+            self.configure_socket(sock, "inbound", Destination(host=host, address=host, port=port))
+        except Exception as error:
+            self.record_failure("inbound", "listen hook", error)
 
     # -- bookkeeping ---------------------------------------------------------
     def _count(self, adapter: str, counter: str) -> None:
@@ -277,6 +327,14 @@ class _Runtime:
             if counts is None:
                 counts = self.counts[adapter] = dict.fromkeys(COUNTERS, 0)
             counts[counter] += 1
+
+    def _count_decision(self, adapter: str, decision: Decision, counter: str) -> None:
+        self._count(adapter, counter)
+        if decision.kept:
+            with self._stats_lock:
+                kept = self.kept.setdefault(adapter, {})
+                for name in decision.kept:
+                    kept[name] = kept.get(name, 0) + 1
 
     def _log_once(self, key: tuple[str, ...], level: int, message: str, *args: object) -> None:
         with self._stats_lock:
@@ -290,6 +348,7 @@ class _Runtime:
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
+        self.kept = {}
         self.logged = set()
 
 

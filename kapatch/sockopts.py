@@ -8,6 +8,7 @@ import errno
 from ._memo import remember
 from ._platforms import _FALLBACKS, compile_for, current_platform
 from ._records import record
+from .policy import MAX_USER_TIMEOUT_MS
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApplyResult",
     "KeepaliveState",
+    "apply_decided",
     "apply_plan",
     "compile_plan",
     "inspect",
@@ -57,16 +59,41 @@ _UNSUPPORTED_ERRNOS = frozenset(
 )
 
 
-_PLANS: dict[tuple[Policy, str | None, ModuleType], Plan] = {}
+_PLANS: dict[tuple[Policy, str | None, ModuleType, frozenset[str]], Plan] = {}
+_NOTHING_KEPT: frozenset[str] = frozenset()
 
 
-def compile_plan(policy: Policy, platform: str | None = None, module: ModuleType = _socket) -> Plan:
-    """Compile *policy* for *platform* (default: this one). Cached: a plan is computed once."""
-    found = _PLANS.get((policy, platform, module))
+def compile_plan(
+    policy: Policy,
+    platform: str | None = None,
+    module: ModuleType = _socket,
+    kept: frozenset[str] = _NOTHING_KEPT,
+) -> Plan:
+    """Compile *policy* for *platform* (default: this one), leaving the *kept* fields alone.
+
+    Cached: a plan is computed once per policy and set of kept fields. An operation that
+    carries a kept field together with others (Windows' one ioctl for on/idle/interval)
+    is left out whole: the application's values win over a partial rewrite.
+    """
+    key = (policy, platform, module, kept)
+    found = _PLANS.get(key)
     if found is None:
         plan = compile_for(policy, current_platform(platform), module)
-        found = remember(_PLANS, (policy, platform, module), plan, 128)
+        if kept:
+            plan = _without(plan, kept)
+        found = remember(_PLANS, key, plan, 128)
     return found
+
+
+def _without(plan: Plan, kept: frozenset[str]) -> Plan:
+    from ._records import replace
+
+    return replace(
+        plan,
+        ioctls=tuple(op for op in plan.ioctls if kept.isdisjoint(op.fields)),
+        setsockopts=tuple(op for op in plan.setsockopts if op.field not in kept),
+        unsupported=tuple(note for note in plan.unsupported if note.partition(":")[0] not in kept),
+    )
 
 
 # The C-level getters return plain ints; socket.socket's properties convert each to an enum,
@@ -135,6 +162,37 @@ def apply_plan(sock: socket.socket, plan: Plan) -> ApplyResult:
         else:
             applied.append(op.name)
     return ApplyResult(tuple(applied), tuple(failed), tuple(unsupported))
+
+
+def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> ApplyResult:
+    """Apply *policy* to the fields of *sock* not in *kept*; never raises, reports instead.
+
+    An ``auto`` user timeout means "as long as the probes take": when the application
+    kept some of the timings, that is its idle + interval * count, not the policy's, so
+    the user timeout (which on Linux also ends probing once it elapses) never cuts the
+    application's own probes short. It is then read back from the socket and computed
+    here, after the other fields are written.
+    """
+    if policy.user_timeout != "auto" or "user_timeout" in kept or kept.isdisjoint(_TIMINGS):
+        return apply_plan(sock, compile_plan(policy, kept=kept))
+    result = apply_plan(sock, compile_plan(policy, kept=kept | {"user_timeout"}))
+    full = compile_plan(policy)
+    op = next((op for op in full.setsockopts if op.field == "user_timeout"), None)
+    if op is None:
+        return result
+    state = inspect(sock)
+    value = op.value  # the policy's own bound: where keepalive is off there are no probes to wait for
+    if state.enabled and None not in (state.idle, state.interval, state.count):
+        bound_ms = (state.idle + state.interval * state.count) * 1000  # type: ignore[operator]
+        value = min(bound_ms, MAX_USER_TIMEOUT_MS) if op.name == "TCP_USER_TIMEOUT" else -(-bound_ms // 1000)
+    try:
+        sock.setsockopt(op.level, op.option, value)
+    except OSError as error:
+        return ApplyResult(result.applied, (*result.failed, (op.name, error)), result.unsupported)
+    return ApplyResult((*result.applied, op.name), result.failed, result.unsupported)
+
+
+_TIMINGS = frozenset(("idle", "interval", "count"))
 
 
 @record

@@ -60,12 +60,30 @@ def test_per_adapter_override_from_the_environment(http_server, fetch):
 
 
 @pytest.mark.parametrize("fetch", [get, get_async], ids=["sync", "asyncio"])
-def test_respect_mode_keeps_explicit_socket_options_whole(http_server, fetch):
-    """No TCP_USER_TIMEOUT of the policy's mixed in under the application's own timings."""
+def test_respect_mode_keeps_the_chosen_fields_and_bounds_the_rest_by_them(http_server, fetch):
+    """The application's timings stay; the user timeout nobody chose is auto over *its* timings.
+
+    httpcore writes the options after connecting: the policy's auto user timeout is put
+    back from what the socket then holds (41 + 4 * 4 s), so it never cuts the
+    application's own probes short.
+    """
     kapatch.install(profile="fast-failover")
     state = fetch(http_server.url, socket_options=USER_OPTIONS)
     assert (state.enabled, state.idle, state.interval, state.count) == (True, 41, 4, 4)
-    assert state.user_timeout_ms == 0
+    assert state.user_timeout_ms == (41 + 4 * 4) * 1000
+    status = kapatch.status().adapter("httpx")
+    assert status.counts["configured"] == 1
+    assert dict(status.kept) == {"enabled": 1, "idle": 1, "interval": 1, "count": 1}
+
+
+@pytest.mark.parametrize("fetch", [get, get_async], ids=["sync", "asyncio"])
+def test_respect_mode_keeps_explicit_socket_options_whole(http_server, fetch):
+    """Every field chosen (the user timeout too): nothing of the policy's is written."""
+    kapatch.install(profile="fast-failover")
+    options = [*USER_OPTIONS, (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4321)]
+    state = fetch(http_server.url, socket_options=options)
+    assert (state.enabled, state.idle, state.interval, state.count) == (True, 41, 4, 4)
+    assert state.user_timeout_ms == 4321
     assert kapatch.status().adapter("httpx").counts["respected"] == 1
 
 

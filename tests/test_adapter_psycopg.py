@@ -227,7 +227,7 @@ def test_skip_rule_leaves_libpq_default(
         idle="11s", interval="3s", count=4, rules=[Rule.build(f"127.0.0.1:{postgres_server.port}", skip=True)]
     )
     assert connect_state(postgres_server.dsn) == libpq_default
-    assert counts() == {"configured": 0, "respected": 0, "skipped": 1, "failed": 0}
+    assert counts() == {"configured": 0, "respected": 0, "skipped": 1, "failed": 0, "uncovered": 0}
 
 
 def test_rule_by_host_name(install: Install, postgres_server: Any) -> None:
@@ -256,7 +256,7 @@ def test_unix_socket_connection_is_left_alone(install: Install, postgres_server:
         finally:
             duplicate.close()
         assert conn.execute("select 1").fetchone() == (1,)
-    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 def write_service_file(path: Path, server: Any, *extra: str) -> Path:
@@ -326,7 +326,7 @@ def test_respect_mode_keeps_explicit_kwargs(install: Install, postgres_server: A
     ) as pool, pool.connection() as conn:  # fmt: skip
         assert state(conn).user_timeout_ms == 4000
         assert state(conn).idle != 11
-    assert counts() == {"configured": 0, "respected": 3, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 0, "respected": 3, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 def test_override_mode_replaces_explicit_settings(install: Install, postgres_server: Any) -> None:
@@ -363,7 +363,7 @@ def test_malformed_conninfo_raises_psycopgs_own_error(install: Install) -> None:
     install(idle="11s", interval="3s", count=4)
     with pytest.raises(psycopg.ProgrammingError):
         psycopg.connect("host=127.0.0.1 this-is-not-a-parameter")
-    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 # --- import order, uninstall, status -------------------------------------------------
@@ -459,11 +459,11 @@ def test_reinstall_does_not_wrap_twice(install: Install, postgres_server: Any) -
 
 def test_status_counters_move(install: Install, postgres_server: Any) -> None:
     install(idle="11s", interval="3s", count=4, rules=[Rule.build("localhost", skip=True)])
-    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
     connect_state(postgres_server.dsn)
     connect_state(postgres_server.dsn, keepalives_idle=40)
     connect_state(f"host=localhost port={postgres_server.port} user={postgres_server.user}")
-    assert counts() == {"configured": 1, "respected": 1, "skipped": 1, "failed": 0}
+    assert counts() == {"configured": 1, "respected": 1, "skipped": 1, "failed": 0, "uncovered": 0}
     entry = kapatch.status().adapter("psycopg")
     assert entry.enabled
     assert entry.policy == POLICY

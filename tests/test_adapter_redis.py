@@ -312,9 +312,9 @@ def test_status_counters_move_once_per_connection(install, redis_server):
     assert entry.version == redis.__version__
     sync_state(redis_server)
     async_state(redis_server)
-    assert counts("redis") == {"configured": 2, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts("redis") == {"configured": 2, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
     # The raw-socket adapter never saw the redis sockets: one decision per connection.
-    assert counts("socket") == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts("socket") == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 def test_uninstall_restores_identity_and_redis_defaults(install, redis_server, baseline):

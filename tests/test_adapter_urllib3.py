@@ -29,7 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 import kapatch
 from kapatch import Rule
-from kapatch.adapters.urllib3 import Urllib3Adapter, explicit_keepalive
+from kapatch.adapters.urllib3 import Urllib3Adapter, chosen_fields
 from kapatch.profiles import PROFILES
 
 FAST = PROFILES["fast-failover"].policy  # idle 10, interval 5, count 3, user timeout 25 s
@@ -98,7 +98,7 @@ def test_pool_manager_connection_carries_the_policy(install, http_server):
         25_000,
     )
     # The urllib3 adapter decided, not the raw-socket fallback: one decision per socket.
-    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
     assert counts("socket")["configured"] == 0
 
 
@@ -287,32 +287,70 @@ def test_respect_mode_keeps_the_users_socket_options(install, http_server):
     manager = urllib3.PoolManager(socket_options=HTTPConnection.default_socket_options + USER_KEEPALIVE)
     get(manager, http_server.url + "/ok")
     state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    # The user timeout nobody chose is auto over the application's own timings: 33 + 4 * 2 s.
     assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout_ms) == (
         True,
         33,
         4,
         2,
-        0,
+        41000,
     )
-    assert counts() == {"configured": 0, "respected": 1, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
+    assert dict(kapatch.status().adapter("urllib3").kept) == {
+        "enabled": 1,
+        "idle": 1,
+        "interval": 1,
+        "count": 1,
+    }
+
+
+def test_respect_mode_keeps_every_field_when_the_application_chose_them_all(install, http_server):
+    install(profile="fast-failover")
+    options = [*USER_KEEPALIVE, (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1234)]
+    manager = urllib3.PoolManager(socket_options=options)
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout_ms) == (
+        True,
+        33,
+        4,
+        2,
+        1234,
+    )
+    assert counts() == {"configured": 0, "respected": 1, "skipped": 0, "failed": 0, "uncovered": 0}
+
+
+def test_botocore_style_keepalive_on_alone_gets_the_policy_timings(install, http_server):
+    # botocore's tcp_keepalive=True adds only SO_KEEPALIVE=1: the kernel's 2 h timings were nobody's choice.
+    install(profile="fast-failover")
+    manager = urllib3.PoolManager(socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)])
+    get(manager, http_server.url + "/ok")
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert state.mismatches(FAST) == ()
+    assert dict(kapatch.status().adapter("urllib3").kept) == {"enabled": 1}
 
 
 def test_respect_mode_keeps_keepalive_explicitly_off(install, http_server):
     install(profile="fast-failover")
     manager = urllib3.PoolManager(socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)])
     get(manager, http_server.url + "/ok")
-    assert not kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url))).enabled
-    assert counts()["respected"] == 1
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
+    assert not state.enabled
+    # Off chooses the probe timings too; the user timeout is a field of its own: the policy's.
+    assert state.user_timeout_ms == FAST.user_timeout_ms
+    assert counts()["configured"] == 1
 
 
 def test_respect_mode_keeps_timings_given_without_so_keepalive(install, http_server):
-    # Only TCP_KEEPIDLE: SO_KEEPALIVE stays off in the kernel, yet the user did choose.
+    # Only TCP_KEEPIDLE: the application chose the idle time, nothing else; field by field,
+    # the policy switches keepalive on and fills the rest around the application's 33 s.
     install(profile="fast-failover")
     manager = urllib3.PoolManager(socket_options=[(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)])
     get(manager, http_server.url + "/ok")
     state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
-    assert (state.enabled, state.idle) == (False, 33)
-    assert counts()["respected"] == 1
+    assert (state.enabled, state.idle, state.interval, state.count) == (True, 33, FAST.interval, FAST.count)
+    assert state.user_timeout_ms == (33 + FAST.interval * FAST.count) * 1000
+    assert counts()["configured"] == 1
 
 
 def test_respect_mode_keeps_the_users_options_through_a_proxy(install, http_server, http_proxy):
@@ -321,7 +359,8 @@ def test_respect_mode_keeps_the_users_options_through_a_proxy(install, http_serv
     get(manager, http_server.url + "/ok")
     state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
     assert (state.idle, state.interval, state.count) == (33, 4, 2)
-    assert counts()["respected"] == 1
+    assert counts()["configured"] == 1
+    assert kapatch.status().adapter("urllib3").kept["idle"] == 1
 
 
 def test_reassigned_default_socket_options_are_judged_by_what_reaches_the_socket(
@@ -356,7 +395,7 @@ def test_default_socket_options_extended_in_place_are_respected(install, http_se
     finally:
         defaults[:] = saved
     assert (state.idle, state.interval, state.count) == (33, 4, 2)
-    assert counts()["respected"] == 1
+    assert kapatch.status().adapter("urllib3").kept["idle"] == 1
 
 
 def test_port_rule_matches_the_port_urllib3_dials(install, http_server):
@@ -388,7 +427,7 @@ def test_override_mode_replaces_the_users_socket_options(install, http_server, h
     get(manager, http_server.url + "/ok")
     state = kapatch.inspect(pooled_socket(manager.connection_from_url(http_server.url)))
     assert state.mismatches(FAST) == ()
-    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0}
+    assert counts() == {"configured": 1, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 def test_disabled_urllib3_adapter_leaves_its_sockets_to_the_socket_adapter(install, http_server):
@@ -425,8 +464,11 @@ def test_status_counts_configured_respected_skipped(install, http_server):
     get(plain, http_server.url + "/ok")  # reused: not decided again
     get(own, http_server.url + "/ok")
     get(plain, f"http://localhost:{http_server.port}/ok")
-    assert counts() == {"configured": 1, "respected": 1, "skipped": 1, "failed": 0}
-    assert "configured=1 respected=1 skipped=1" in kapatch.status().render()
+    assert counts() == {"configured": 2, "respected": 0, "skipped": 1, "failed": 0, "uncovered": 0}
+    assert "configured=2 respected=0 skipped=1" in kapatch.status().render()
+    assert "kept as the application chose them: count x1, enabled x1, idle x1, interval x1" in (
+        kapatch.status().render()
+    )
 
 
 def test_supported_versions():
@@ -435,13 +477,20 @@ def test_supported_versions():
     assert Urllib3Adapter.installed_version() == urllib3.__version__
 
 
-def test_explicit_keepalive_reads_socket_options():
-    assert explicit_keepalive(None) is None
-    assert explicit_keepalive([]) is None
-    assert explicit_keepalive([(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) is None
-    assert explicit_keepalive(((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),)) is True
-    assert explicit_keepalive([(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000)]) is True
-    assert explicit_keepalive([("junk",), None, (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]) is True
+def test_chosen_fields_reads_socket_options():
+    assert chosen_fields(None) is None
+    assert chosen_fields([]) is None
+    assert chosen_fields([(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) is None
+    # Keepalive off chooses the probe timings too; the user timeout stays its own field.
+    assert chosen_fields(((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),)) == {
+        "enabled",
+        "idle",
+        "interval",
+        "count",
+    }
+    assert chosen_fields([(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]) == {"enabled"}
+    assert chosen_fields([(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000)]) == {"user_timeout"}
+    assert chosen_fields([("junk",), None, (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)]) == {"count"}
 
 
 # --------------------------------------------------------------------------- imported after install()

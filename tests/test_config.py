@@ -82,6 +82,7 @@ GLOBAL_CASES: list[tuple[str, str, Callable[[Config], object], object]] = [
         lambda c: [(r.action, r.matcher.text) for r in c.rules],
         [("skip", "10.0.0.0/8"), ("skip", "*.internal:5432")],
     ),
+    ("KAPATCH_INBOUND", "1", lambda c: c.opted_in, frozenset({"inbound"})),
     ("KAPATCH_ON_ERROR", "raise", lambda c: c.on_error, "raise"),
     ("KAPATCH_LOG_LEVEL", "debug", lambda c: c.log_level, logging.DEBUG),
 ]
@@ -157,6 +158,7 @@ disabled_adapters = ["psycopg"]
 exclude = ["10.0.0.0/8", "*.internal:5432"]
 on_error = "raise"
 log_level = "info"
+inbound = true
 
 [redis]
 enabled = true

@@ -125,13 +125,64 @@ def test_install_is_thread_safe(listener):
     assert "connect" not in socket.socket.__dict__
 
 
-def test_respect_mode_keeps_a_socket_the_application_configured(listener):
+def test_respect_mode_keeps_what_the_application_set_field_by_field(listener):
     kapatch.install(profile="fast-failover")
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
         sock.connect(listener)
-        assert kapatch.inspect(sock).idle == 77
+        state = kapatch.inspect(sock)
+    # idle is the application's; interval and count were the kernel's defaults: the policy's now,
+    # and the auto user timeout spans the probes as they will really run (77 + 5 * 3 s).
+    assert (state.enabled, state.idle, state.interval, state.count) == (True, 77, FAST.interval, FAST.count)
+    assert state.user_timeout_ms == (77 + FAST.interval * FAST.count) * 1000
+    adapter = kapatch.status().adapter("socket")
+    assert adapter.counts["configured"] == 1
+    assert dict(adapter.kept) == {"enabled": 1, "idle": 1}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "field"),
+    [
+        (socket.TCP_USER_TIMEOUT, 1234, "user_timeout"),
+        (socket.TCP_KEEPIDLE, 33, "idle"),
+        (socket.TCP_KEEPCNT, 2, "count"),
+    ],
+)
+def test_a_field_set_without_so_keepalive_is_kept_and_the_rest_gets_the_policy(
+    listener, option, value, field
+):
+    kapatch.install(profile="fast-failover")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        sock.connect(listener)
+        state = kapatch.inspect(sock)
+    assert state.enabled
+    got = {"user_timeout": state.user_timeout_ms, "idle": state.idle, "count": state.count}
+    assert got[field] == value
+    assert dict(kapatch.status().adapter("socket").kept) == {field: 1}
+
+
+def test_every_field_set_by_the_application_is_respected_whole(listener):
+    kapatch.install(profile="fast-failover")
+    with socket.socket() as sock:
+        for level, option, value in [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 7),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 7),
+            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 7777),
+        ]:
+            sock.setsockopt(level, option, value)
+        sock.connect(listener)
+        state = kapatch.inspect(sock)
+    assert (state.enabled, state.idle, state.interval, state.count, state.user_timeout_ms) == (
+        True,
+        77,
+        7,
+        7,
+        7777,
+    )
     assert kapatch.status().adapter("socket").counts["respected"] == 1
 
 
@@ -235,7 +286,7 @@ class Claimer(kapatch.Adapter):
     """A stand-in library adapter that claims sockets, registered like a third party's."""
 
     name = "claimer"
-    needs_connect_hook = True
+    socket_hooks = frozenset({"connect"})
 
     def patch(self, module_name: str) -> None:
         pass
@@ -256,7 +307,7 @@ def test_claims_from_a_library_adapter_use_its_policy_even_with_socket_adapter_o
     """The shared hook serves library adapters even when the raw socket adapter is disabled."""
     kapatch.install(profile="aws", disabled_adapters=["socket"], overrides={claimer: {"idle": "13s"}})
     assert kapatch.status().adapter(claimer).enabled
-    with runtime.claim(claimer, "cache.internal", listener[1], explicit=False):
+    with runtime.claim(claimer, "cache.internal", listener[1], chosen=frozenset()):
         claimed = connect(listener)
     unclaimed = connect(listener)
     with claimed, unclaimed:
@@ -268,7 +319,9 @@ def test_claims_from_a_library_adapter_use_its_policy_even_with_socket_adapter_o
 
 def test_claimed_socket_gets_the_claimers_policy_not_the_socket_adapters(listener, claimer):
     kapatch.install(overrides={"socket": {"idle": "21s"}, claimer: {"idle": "13s"}}, mode="override")
-    with runtime.claim(claimer, None, None, explicit=True):  # explicit, but override mode
+    with runtime.claim(
+        claimer, None, None, chosen=frozenset({"enabled", "idle", "interval", "count", "user_timeout"})
+    ):  # explicit, but override mode
         claimed = connect(listener)
     with claimed, connect(listener) as plain:
         assert kapatch.inspect(claimed).idle == 13
@@ -277,11 +330,11 @@ def test_claimed_socket_gets_the_claimers_policy_not_the_socket_adapters(listene
 
 def test_host_glob_rule_matches_the_name_a_library_claimed(listener, claimer):
     kapatch.install(exclude=["*.internal"])
-    with runtime.claim(claimer, "cache.internal", listener[1], explicit=False):
+    with runtime.claim(claimer, "cache.internal", listener[1], chosen=frozenset()):
         sock = connect(listener)
     with sock:
         assert not kapatch.inspect(sock).enabled
-    with runtime.claim(claimer, "cache.example", listener[1], explicit=False):
+    with runtime.claim(claimer, "cache.example", listener[1], chosen=frozenset()):
         sock = connect(listener)
     with sock:
         assert kapatch.inspect(sock).enabled
@@ -303,8 +356,8 @@ def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(list
     assert not result.ok and result.failed[0][0] == "TCP_KEEPCNT"
 
     kapatch.install(profile="fast-failover")
-    real_compile = runtime.compile_plan
-    runtime.compile_plan = lambda policy: bad  # type: ignore[assignment]
+    real_apply = runtime.apply_decided
+    runtime.apply_decided = lambda sock, policy, kept: apply_plan(sock, bad)  # type: ignore[assignment]
     try:
         with caplog.at_level(logging.WARNING, logger="kapatch"):
             first, second = connect(listener), connect(listener)
@@ -312,7 +365,7 @@ def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(list
             assert kapatch.inspect(first).count != 500  # refused, and the connection is up
             first.sendall(b"x")
     finally:
-        runtime.compile_plan = real_compile  # type: ignore[assignment]
+        runtime.apply_decided = real_apply  # type: ignore[assignment]
     warnings = [r for r in caplog.records if "TCP_KEEPCNT" in r.getMessage()]
     assert len(warnings) == 1
     assert kapatch.status().adapter("socket").counts["failed"] == 2

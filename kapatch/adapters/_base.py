@@ -17,10 +17,15 @@ if TYPE_CHECKING:
 
 __all__ = ["COUNTERS", "Adapter", "Claim", "Decision", "version_tuple"]
 
-COUNTERS = ("configured", "respected", "skipped", "failed")
-"""What became of each connection an adapter saw. configured: policy applied; respected: the
-application's own settings kept (respect mode); skipped: a rule or a disabled policy left it
-alone; failed: the kernel refused an option (or kapatch failed; the connection went on)."""
+COUNTERS = ("configured", "respected", "skipped", "failed", "uncovered")
+"""What became of each connection an adapter saw. configured: the policy written (to every
+field, or to the fields nobody chose: see ``kept``); respected: every field the policy would
+write was the application's own choice, so nothing was written (respect mode); skipped: a
+rule or a disabled policy left it alone; failed: the kernel refused an option (or kapatch
+failed; the connection went on); uncovered: a connection kapatch saw but cannot configure
+(a path it does not know, e.g. an unknown event loop)."""
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 @record
@@ -30,6 +35,8 @@ class Decision:
     action: Literal["apply", "respect", "skip"]
     policy: Policy | None = None
     reason: str = ""
+    kept: frozenset[str] = _NOTHING
+    """Fields the application chose, left as they are (respect mode); see ``kapatch._respect``."""
 
 
 @record(frozen=False)
@@ -39,15 +46,16 @@ class Claim:
     adapter: str
     host: str | None
     port: int | None
-    explicit: bool | None
+    chosen: frozenset[str] | None
+    """Fields the application chose for these connections; ``None``: read each socket."""
     decisions: list[Decision] = field(default_factory=list)
     """What was decided for each socket connected inside the block, in order."""
 
     @property
-    def applied_policy(self) -> Policy | None:
-        """The policy put on the last socket connected in the block, if one was."""
+    def applied(self) -> Decision | None:
+        """The decision for the last socket connected in the block, if the policy went on it."""
         for decision in reversed(self.decisions):
-            return decision.policy if decision.action == "apply" else None
+            return decision if decision.action == "apply" else None
         return None
 
 
@@ -83,9 +91,13 @@ class Adapter(abc.ABC):
     minimum_version: ClassVar[tuple[int, ...]] = ()
     below_version: ClassVar[tuple[int, ...] | None] = None
     """Supported: ``minimum_version <= version < below_version``."""
-    needs_connect_hook: ClassVar[bool] = False
-    """True when the library connects through ``socket.socket.connect`` and the adapter
-    claims those connections: the runtime then installs the shared connect hook."""
+    socket_hooks: ClassVar[frozenset[str]] = frozenset()
+    """Which shared hooks on the stdlib ``socket.socket`` this adapter relies on, installed
+    by the runtime while any enabled adapter asks for them: ``"connect"`` (``connect`` and
+    ``connect_ex``: the library connects through them and the adapter claims those
+    connections) and ``"listen"`` (listening sockets, for the inbound policy)."""
+    opt_in: ClassVar[bool] = False
+    """Off unless the configuration turns it on by name (``KAPATCH_INBOUND=1``)."""
 
     def __init__(self) -> None:
         self.patcher = Patcher()

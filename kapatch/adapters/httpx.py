@@ -2,11 +2,10 @@
 
 httpcore connects through the stdlib (``socket.create_connection``, or asyncio/trio
 sockets), so the shared connect hook sees every socket; but it writes the
-application's ``socket_options`` *after* connecting. Without this adapter an
-application's explicit keepalive options would be written over a policy that had
-already set TCP_USER_TIMEOUT: a mix of both. So ``connect_tcp`` runs inside a claim
-that knows whether ``socket_options`` carry keepalive entries (the application's
-explicit choice, kept in respect mode). In override mode the policy is put back
+application's ``socket_options`` *after* connecting, over whatever was set at connect
+time. So ``connect_tcp`` runs inside a claim that knows which keepalive fields those
+options choose: in respect mode the policy goes only on the other fields (the
+application's then land on top, as it asked); in override mode the policy is put back
 after httpcore wrote the application's options, so the policy wins as promised.
 """
 
@@ -14,29 +13,24 @@ from __future__ import annotations
 
 import sys
 
+from .._respect import chosen_in_options
 from ._base import Adapter
-from ._socket_options import sets_keepalive
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable
     from typing import Any, ClassVar
 
     from ._base import Claim
     from ._context import AdapterContext
 
-__all__ = ["HttpxAdapter", "explicit_keepalive"]
+__all__ = ["HttpxAdapter"]
 
 _BACKENDS = {
     "httpcore._backends.sync": "SyncBackend",
     "httpcore._backends.anyio": "AnyIOBackend",
     "httpcore._backends.trio": "TrioBackend",
 }
-
-
-def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool:
-    """Whether the application's ``socket_options`` set any keepalive option (``SO_KEEPALIVE=0`` too)."""
-    return sets_keepalive(socket_options)
 
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -53,7 +47,7 @@ class HttpxAdapter(Adapter):
     modules = tuple(_BACKENDS)
     minimum_version = (0, 17)
     below_version = (2,)
-    needs_connect_hook = True
+    socket_hooks = frozenset({"connect"})
 
     def patch(self, module_name: str) -> None:
         backend = getattr(sys.modules[module_name], _BACKENDS[module_name])
@@ -69,10 +63,10 @@ class HttpxAdapter(Adapter):
         if context is None:
             return wrapped(*args, **kwargs)
         host, port, options = _arguments(args, kwargs)
-        explicit = explicit_keepalive(options)
-        with context.claim(self.name, host, port, explicit=explicit) as claim:
+        chosen = chosen_in_options(options)
+        with context.claim(self.name, host, port, chosen=chosen) as claim:
             stream = wrapped(*args, **kwargs)
-        self._after_connect(context, claim, stream, explicit)
+        self._after_connect(context, claim, stream, chosen)
         return stream
 
     async def _connect_async(
@@ -87,15 +81,17 @@ class HttpxAdapter(Adapter):
         if context is None:
             return await wrapped(*args, **kwargs)
         host, port, options = _arguments(args, kwargs)
-        explicit = explicit_keepalive(options)
-        with context.claim(self.name, host, port, explicit=explicit) as claim:
+        chosen = chosen_in_options(options)
+        with context.claim(self.name, host, port, chosen=chosen) as claim:
             stream = await wrapped(*args, **kwargs)
-        self._after_connect(context, claim, stream, explicit)
+        self._after_connect(context, claim, stream, chosen)
         return stream
 
-    def _after_connect(self, context: AdapterContext, claim: Claim, stream: Any, explicit: bool) -> None:
-        policy = claim.applied_policy
-        if not explicit or policy is None:
+    def _after_connect(
+        self, context: AdapterContext, claim: Claim, stream: Any, chosen: frozenset[str]
+    ) -> None:
+        decision = claim.applied
+        if not chosen or decision is None:
             return  # nothing of the application's was written over the policy
         try:
             sock = stream.get_extra_info("socket")
@@ -103,4 +99,6 @@ class HttpxAdapter(Adapter):
             context.record_failure(self.name, "finding the connected socket", error)
             return
         if sock is not None:
-            context.reapply(sock, self.name, policy)
+            # Respect mode: only the fields the application did not choose (theirs stay);
+            # override mode: every field, over what httpcore just wrote.
+            context.reapply(sock, self.name, decision)

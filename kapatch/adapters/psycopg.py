@@ -29,6 +29,7 @@ from types import MappingProxyType
 
 from .. import _log
 from .._memo import remember
+from .._respect import ALL_FIELDS, NOTHING
 from ..rules import Destination
 from ._base import Adapter
 
@@ -187,7 +188,6 @@ class PsycopgAdapter(Adapter):
     modules = ("psycopg",)
     minimum_version = (3, 1)
     below_version = (4,)
-    needs_connect_hook = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -269,7 +269,7 @@ class PsycopgAdapter(Adapter):
         if destination is None:
             return None
         explicit = any(params.get(name) not in (None, "") for name in KEEPALIVE_PARAMETERS)
-        decision = self.context.decide(self.name, destination, explicit=explicit)
+        decision = self.context.decide(self.name, destination, chosen=ALL_FIELDS if explicit else NOTHING)
         if decision.action != "apply" or decision.policy is None:
             return None
         return libpq_parameters(decision.policy, user_timeout_supported=self._user_timeout_supported)

@@ -30,6 +30,7 @@ import _socket
 import sys
 
 from .._records import record
+from .._respect import ALL_FIELDS, NOTHING
 from ._base import Adapter
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -61,7 +62,7 @@ class _Settings:
     port: int | None
     keepalive: object
     options: Mapping[int, object]
-    explicit: bool
+    chosen: frozenset[str]
 
 
 def _library_defaults(module: Any) -> _Defaults:
@@ -91,7 +92,7 @@ def _read_settings(connection: Any, defaults: _Defaults) -> _Settings:
         port=int(port) if port is not None else None,
         keepalive=keepalive,
         options=options,
-        explicit=switched or options != dict(defaults.options),
+        chosen=ALL_FIELDS if switched or options != dict(defaults.options) else NOTHING,
     )
 
 
@@ -112,7 +113,7 @@ class RedisAdapter(Adapter):
     modules = (_SYNC, _ASYNC)
     minimum_version = (5,)
     below_version = (9,)
-    needs_connect_hook = True
+    socket_hooks = frozenset({"connect"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,7 +159,7 @@ class RedisAdapter(Adapter):
             return wrapped(*args, **kwargs)
         context, settings = prepared
         try:
-            with context.claim(self.name, settings.host, settings.port, explicit=settings.explicit):
+            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen):
                 sock = wrapped(*args, **kwargs)
         finally:
             instance.socket_keepalive = settings.keepalive
@@ -178,7 +179,7 @@ class RedisAdapter(Adapter):
             return await wrapped(*args, **kwargs)
         context, settings = prepared
         try:
-            with context.claim(self.name, settings.host, settings.port, explicit=settings.explicit):
+            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen):
                 result = await wrapped(*args, **kwargs)
         finally:
             instance.socket_keepalive = settings.keepalive

@@ -24,7 +24,7 @@ class SocketAdapter(Adapter):
     name: ClassVar[str] = "socket"
     distribution = None
     modules = ()
-    needs_connect_hook = True
+    socket_hooks = frozenset({"connect"})
 
     def patch(self, module_name: str) -> None:
         """Nothing of its own to patch: the runtime installs the shared connect hook."""

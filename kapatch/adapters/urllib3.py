@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import sys
 
+from .._respect import chosen_in_options
 from ._base import Adapter
-from ._socket_options import sets_keepalive
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -39,13 +39,13 @@ if TYPE_CHECKING:
 __all__ = ["Urllib3Adapter"]
 
 
-def explicit_keepalive(socket_options: Iterable[Any] | None) -> bool | None:
-    """``True`` when *socket_options* (urllib3's list of setsockopt triples) sets keepalive.
+def chosen_fields(socket_options: Iterable[Any] | None) -> frozenset[str] | None:
+    """The keepalive fields *socket_options* (urllib3's list of setsockopt triples) chooses.
 
-    ``None`` otherwise: then the runtime reads SO_KEEPALIVE from the socket when it
-    connects (someone else may have turned it on), as for any bare socket.
+    ``None`` when it chooses none: then the runtime reads the socket when it connects
+    (someone else may have configured it), as for any bare socket.
     """
-    return True if sets_keepalive(socket_options) else None
+    return chosen_in_options(socket_options) or None
 
 
 def _endpoint(host: object, port: object) -> tuple[str | None, int | None]:
@@ -80,7 +80,7 @@ class Urllib3Adapter(Adapter):
     modules = tuple(_ENDPOINTS)
     minimum_version = (1, 26)
     below_version = (3,)
-    needs_connect_hook = True
+    socket_hooks = frozenset({"connect"})
 
     def patch(self, module_name: str) -> None:
         class_name, endpoint = _ENDPOINTS[module_name]
@@ -97,11 +97,11 @@ class Urllib3Adapter(Adapter):
                 return wrapped(*args, **kwargs)
             try:
                 host, port = endpoint(instance)
-                explicit = explicit_keepalive(getattr(instance, "socket_options", None))
+                chosen = chosen_fields(getattr(instance, "socket_options", None))
             except Exception as error:  # an unknown connection subclass: connect unclaimed
                 context.record_failure(self.name, f"reading {class_name}'s destination", error)
                 return wrapped(*args, **kwargs)
-            with context.claim(self.name, host, port, explicit=explicit):
+            with context.claim(self.name, host, port, chosen=chosen):
                 return wrapped(*args, **kwargs)
 
         self.patcher.wrap(connection_class, "_new_conn", claim_new_conn)

@@ -1,0 +1,157 @@
+"""Respect mode, field by field: which keepalive fields of one connection somebody *chose*.
+
+The rule, the one place it is written down (every adapter applies it):
+
+* A connection has five keepalive fields: ``enabled`` (SO_KEEPALIVE), ``idle``,
+  ``interval``, ``count`` and ``user_timeout`` (TCP_USER_TIMEOUT).
+* A field the **application** chose is kept in respect mode, whatever its value
+  (``SO_KEEPALIVE=0`` included); the fields nobody chose get the policy. Override
+  mode writes every field.
+* Not a choice: the kernel's defaults (a value equal to a fresh socket's), a value a
+  library hard-codes and its user did not pass (pymongo's 120/10/9, py-amqp's
+  60/10/9 + 1 s, redis-py 8's 30/5/3, libpq's "keepalive on, OS timings",
+  mysqlclient's SO_KEEPALIVE), and ``None`` or empty option arguments.
+* Turning keepalive off chooses the probe timings too (there are no probes to time);
+  the user timeout, which bounds unacknowledged data and sends nothing, stays a field
+  of its own.
+* Where an adapter cannot tell (a bare socket), the socket is read just before it
+  connects (or just after, on paths that connect in C): SO_KEEPALIVE on, a timing that
+  differs from the kernel's default, or a non-zero user timeout is a choice. A value
+  set by hand to exactly the kernel's default cannot be told from the default: the
+  policy replaces it.
+
+``None`` for *chosen* means "read the socket"; an empty frozenset means "nothing chosen".
+"""
+
+from __future__ import annotations
+
+import _socket
+
+TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, TypeAlias
+
+    from .policy import Policy
+
+__all__ = [
+    "ALL_FIELDS",
+    "NOTHING",
+    "TIMINGS",
+    "Chosen",
+    "chosen_in_options",
+    "chosen_on_socket",
+    "fields_written",
+    "option_field",
+]
+
+Chosen: TypeAlias = "frozenset[str] | None"
+
+ALL_FIELDS = frozenset(("enabled", "idle", "interval", "count", "user_timeout"))
+TIMINGS = frozenset(("idle", "interval", "count"))
+NOTHING: frozenset[str] = frozenset()
+
+_TCP = getattr(_socket, "IPPROTO_TCP", 6)
+
+
+def _option_fields() -> dict[tuple[int, int], str]:
+    found = {(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE): "enabled"}
+    # TCP_KEEPALIVE is macOS's name for the idle time; TCP_USER_TIMEOUT is Linux only.
+    for name, field in (
+        ("TCP_KEEPIDLE", "idle"),
+        ("TCP_KEEPALIVE", "idle"),
+        ("TCP_KEEPINTVL", "interval"),
+        ("TCP_KEEPCNT", "count"),
+        ("TCP_USER_TIMEOUT", "user_timeout"),
+    ):
+        option = getattr(_socket, name, None)
+        if option is not None:
+            found[(_TCP, option)] = field
+    return found
+
+
+_OPTION_FIELDS = _option_fields()
+
+
+def option_field(level: int, option: int) -> str | None:
+    """The keepalive field a ``setsockopt(level, option, ...)`` sets, or ``None``."""
+    return _OPTION_FIELDS.get((level, option))
+
+
+def chosen_in_options(socket_options: Iterable[Any] | None) -> frozenset[str]:
+    """The fields a list of ``(level, option, value)`` triples chooses (urllib3, httpcore, ...)."""
+    chosen: set[str] = set()
+    for entry in socket_options or ():
+        try:
+            field = _OPTION_FIELDS.get((int(entry[0]), int(entry[1])))
+            value = entry[2]
+        except (TypeError, ValueError, IndexError):
+            continue  # the library itself will complain about a malformed entry
+        if field is None:
+            continue
+        chosen.add(field)
+        if field == "enabled" and not value:
+            chosen |= TIMINGS
+    return frozenset(chosen)
+
+
+def keepalive_off(chosen: frozenset[str]) -> frozenset[str]:
+    """*chosen* plus the timings, for an application that turned keepalive off."""
+    return chosen | {"enabled"} | TIMINGS
+
+
+_DEFAULTS: list[tuple[int, int, int]] = []  # (idle, interval, count) of a fresh TCP socket
+
+
+def _kernel_defaults() -> tuple[int, int, int] | None:
+    """What a fresh socket reports for idle/interval/count: the kernel's defaults (read once)."""
+    if not _DEFAULTS:
+        names = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+        if not all(hasattr(_socket, name) for name in names):
+            return None
+        probe = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        try:
+            idle, interval, count = (probe.getsockopt(_TCP, getattr(_socket, name)) for name in names)
+        finally:
+            probe.close()
+        _DEFAULTS.append((idle, interval, count))
+    return _DEFAULTS[0]
+
+
+_TIMING_OPTIONS = tuple(
+    (getattr(_socket, name), field)
+    for name, field in (("TCP_KEEPIDLE", "idle"), ("TCP_KEEPINTVL", "interval"), ("TCP_KEEPCNT", "count"))
+    if hasattr(_socket, name)
+)
+_USER_TIMEOUT = getattr(_socket, "TCP_USER_TIMEOUT", None)
+
+
+def chosen_on_socket(sock: Any) -> frozenset[str]:
+    """The fields somebody already set on *sock*, read from the kernel.
+
+    Raises ``OSError`` when the socket cannot be read (closed, not really TCP): the
+    caller then leaves it alone.
+    """
+    chosen: set[str] = set()
+    if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE):
+        chosen.add("enabled")
+    defaults = _kernel_defaults()
+    if defaults is not None:
+        for (option, field), default in zip(_TIMING_OPTIONS, defaults, strict=True):
+            if sock.getsockopt(_TCP, option) != default:
+                chosen.add(field)
+    if _USER_TIMEOUT is not None and sock.getsockopt(_TCP, _USER_TIMEOUT):
+        chosen.add("user_timeout")
+    return frozenset(chosen)
+
+
+def fields_written(policy: Policy) -> frozenset[str]:
+    """The fields applying *policy* writes (none for a disabled one)."""
+    if not policy.enabled:
+        return NOTHING
+    written = {"enabled"}
+    if not policy.keeps_os_timings:
+        written |= TIMINGS
+    if policy.user_timeout_ms is not None:
+        written.add("user_timeout")
+    return frozenset(written)

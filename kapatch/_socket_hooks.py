@@ -1,0 +1,172 @@
+"""The shared hooks on the stdlib ``socket.socket``: ``connect``/``connect_ex``, and ``listen``.
+
+Installed while any enabled adapter asks for them (``Adapter.socket_hooks``), whether
+or not the ``socket`` adapter itself is enabled: the socket adapter decides only about
+connections no library adapter has claimed. Neither the class nor its instances are
+replaced (``type(s) is socket.socket`` stays true), and send/recv are untouched: the
+data path never passes through kapatch.
+
+Plain functions, not wrapt wrappers: these are C methods that ``socket.socket``
+inherits from ``_socket.socket``, so there is no descriptor to get right, and this is
+installed at interpreter start, where importing wrapt would cost ~75 ms. Removing a
+hook deletes the attribute again, so lookup falls through to ``_socket.socket``
+exactly as before.
+
+Safe against what a host program does around it:
+
+* Arguments pass through untouched, so a wrong call fails with the stdlib's own
+  ``TypeError``; an object that is not a socket is the stdlib's to reject.
+* Something that wraps ``socket.socket.connect`` after kapatch is left in place by
+  :meth:`SocketHooks.remove` (kapatch's hook under it turns into a pass-through), and
+  the log says so.
+* A fork while another thread installs or removes the hooks: the child gets a fresh
+  lock and the hooks exactly as that thread meant them to be (all or none).
+"""
+
+from __future__ import annotations
+
+import _socket
+import _thread
+import functools  # socket imports it (through enum) before this module loads
+import os
+import sys
+
+from . import _log
+
+TYPE_CHECKING = False  # typing costs ~7 ms; type checkers treat this name as True
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Iterable
+    from typing import Any, Protocol
+
+    class _Listener(Protocol):
+        def on_connect(self, sock: Any, address: Any, *, default_adapter: str = ...) -> None: ...
+        def on_listen(self, sock: Any) -> None: ...
+
+
+__all__ = ["HOOKED_METHODS", "SocketHooks", "stdlib_socket_class"]
+
+HOOKED_METHODS = {"connect": ("connect", "connect_ex"), "listen": ("listen",)}
+"""Hook name (``Adapter.socket_hooks``) -> the ``socket.socket`` methods it covers."""
+_MISSING = object()
+
+
+def stdlib_socket_class() -> type[socket.socket]:
+    """The stdlib's ``socket.socket``, even after ``gevent.monkey`` replaced the module's name."""
+    module = sys.modules["socket"]
+    found = module.socket
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        original = getattr(monkey, "saved", {}).get("socket", {}).get("socket")
+        if original is not None:  # the stdlib class, which patch_all() replaced
+            found = original
+    if not (isinstance(found, type) and issubclass(found, _socket.socket)):
+        found = vars(module).get("SocketType", found)  # pragma: no cover - no known case
+    return found  # type: ignore[no-any-return]
+
+
+class _Hook:
+    """One installed method: calls the listener, then the original; inert once removed."""
+
+    __slots__ = ("active", "function", "saved")
+
+    def __init__(self, method: str, saved: object, original: Callable[..., Any], listener: _Listener) -> None:
+        self.active = True
+        self.saved = saved  # what the class's own __dict__ held: put back on removal
+        self.function = self._make(method, original, listener)
+        self.function.__kapatch_hook__ = self  # type: ignore[attr-defined]  # found again after a fork
+
+    def _make(self, method: str, original: Callable[..., Any], listener: _Listener) -> Callable[..., Any]:
+        state = self
+        if method == "listen":
+
+            @functools.wraps(original)
+            def listen(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                if state.active and isinstance(sock, _socket.socket):
+                    listener.on_listen(sock)
+                return original(sock, *args, **kwargs)
+
+            return listen
+
+        @functools.wraps(original)
+        def connect(sock: Any, *args: Any, **kwargs: Any) -> Any:
+            # Only a well-formed call is seen; anything else is the stdlib's to reject.
+            if state.active and len(args) == 1 and not kwargs and isinstance(sock, _socket.socket):
+                listener.on_connect(sock, args[0])
+            return original(sock, *args, **kwargs)
+
+        return connect
+
+
+class SocketHooks:
+    def __init__(self, listener: _Listener) -> None:
+        self._listener = listener
+        self._installed: dict[str, _Hook] = {}
+        self._wanted: frozenset[str] = frozenset()  # methods the last call meant to have hooked
+        self._lock = _thread.allocate_lock()
+        self._owner: type[socket.socket] | None = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    @property
+    def installed(self) -> frozenset[str]:
+        """The hook names (``connect``, ``listen``) in place."""
+        return frozenset(name for name, methods in HOOKED_METHODS.items() if methods[0] in self._installed)
+
+    def install(self, names: Iterable[str]) -> None:
+        """Hook the methods of *names* (and unhook those no longer asked for)."""
+        wanted = frozenset(method for name in names for method in HOOKED_METHODS[name])
+        with self._lock:
+            self._wanted = wanted
+            self._sync()
+
+    def remove(self) -> None:
+        with self._lock:
+            self._wanted = frozenset()
+            self._sync()
+
+    def _sync(self) -> None:
+        """Make the class's methods match ``_wanted``; the lock is held (or this is a fresh child)."""
+        if self._owner is None:
+            self._owner = stdlib_socket_class()
+        owner = self._owner
+        for method in sorted(set(self._installed) - self._wanted):
+            hook = self._installed[method]
+            hook.active = False  # inert even where something else still calls it
+            if vars(owner).get(method, _MISSING) is not hook.function:
+                _log.warning(
+                    "kapatch: socket.socket.%s was replaced after kapatch hooked it; leaving the "
+                    "replacement in place (kapatch's hook under it now does nothing)",
+                    method,
+                )
+            else:
+                _restore(owner, method, hook.saved)
+            del self._installed[method]
+        for method in sorted(self._wanted - set(self._installed)):
+            hook = _Hook(method, vars(owner).get(method, _MISSING), getattr(owner, method), self._listener)
+            self._installed[method] = hook
+            setattr(owner, method, hook.function)
+
+    def _after_fork_in_child(self) -> None:
+        # The forking thread may have interrupted another one inside install()/remove():
+        # its lock would never be released here, and the class could be half-hooked.
+        self._lock = _thread.allocate_lock()
+        owner = self._owner
+        if owner is None:
+            return
+        for methods in HOOKED_METHODS.values():
+            for method in methods:
+                hook = getattr(vars(owner).get(method), "__kapatch_hook__", None)
+                recorded = self._installed.get(method)
+                if recorded is not None and recorded is not hook:
+                    del self._installed[method]  # recorded, but not yet on the class
+                if hook is not None and recorded is not hook:
+                    _restore(owner, method, hook.saved)  # on the class, but no longer recorded
+        self._sync()
+
+
+def _restore(owner: type, method: str, saved: object) -> None:
+    if saved is _MISSING:
+        delattr(owner, method)
+    else:
+        setattr(owner, method, saved)
