@@ -67,6 +67,11 @@ class ImportHooks:
                 return
         callback(module)
 
+    def after_fork_in_child(self) -> None:
+        """A lock another thread held at fork time would never be released in the child."""
+        self._lock = _thread.RLock()
+        self._resolving = set()
+
     def clear(self) -> None:
         """Forget every callback and leave ``sys.meta_path`` as it was."""
         with self._lock:

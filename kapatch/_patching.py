@@ -42,6 +42,10 @@ class Patcher:
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self._saved.append((owner, name, original))
 
+    def after_fork_in_child(self) -> None:
+        """A lock another thread held at fork time would never be released in the child."""
+        self._lock = _thread.allocate_lock()
+
     def is_patched(self, owner: object, name: str) -> bool:
         return any(o is owner and n == name for o, n, _ in self._saved)
 

@@ -347,6 +347,9 @@ class _Runtime:
         """Locks held by another thread at fork time would never be released in the child."""
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
+        self.import_hooks.after_fork_in_child()
+        for adapter in list(self.adapters.values()):
+            adapter.patcher.after_fork_in_child()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
         self.kept = {}
         self.logged = set()
