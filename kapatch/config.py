@@ -87,7 +87,13 @@ def load_config(
     ``adapters``, ``exclude``, ``config``, ...); *overrides* maps an adapter name to
     its own settings (``{"redis": {"idle": "10s"}}``). Raises :class:`ConfigError`.
     """
-    return merge_sources(arguments, environ, overrides or {}, rules, adapter_names())
+    return merge_sources(
+        arguments,
+        environ,
+        {} if overrides is None else overrides,
+        () if rules is None else rules,
+        adapter_names(),
+    )
 
 
 def merge_sources(
@@ -120,6 +126,14 @@ def _argument_layer(
     names: tuple[str, ...],
 ) -> Layer:
     layer = Layer("arguments")
+    _require_mapping(
+        "overrides", overrides, 'a mapping of adapter name to settings: {"redis": {"idle": "10s"}}'
+    )
+    given: object = rules  # typed as an Iterable; checked, as callers may pass anything
+    if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
+        raise ConfigError(
+            "rules", rules, "a list of kapatch.Rule objects, e.g. [Rule.build('10.0.0.0/8', skip=True)]"
+        )
     for key, value in arguments.items():
         if key not in GLOBAL_SETTINGS:
             raise ConfigError(key, value, f"not a kapatch setting; settings are {', '.join(GLOBAL_SETTINGS)}")
@@ -128,6 +142,9 @@ def _argument_layer(
     for adapter, settings in overrides.items():
         if adapter not in names:
             raise ConfigError("overrides", adapter, f"an adapter: {', '.join(names)}")
+        _require_mapping(
+            f"overrides[{adapter!r}]", settings, f'a mapping of {adapter}\'s settings: {{"idle": "10s"}}'
+        )
         for key, value in settings.items():
             setting = f"overrides[{adapter!r}][{key!r}]"
             if key not in ADAPTER_FIELDS:
@@ -143,6 +160,12 @@ def _argument_layer(
             )
         layer.rules.append(rule)
     return layer
+
+
+def _require_mapping(setting: str, value: object, allowed: str) -> None:
+    # Duck-typed: collections.abc is not worth its import at interpreter start.
+    if not (hasattr(value, "items") and hasattr(value, "__getitem__")) or isinstance(value, (str, bytes)):
+        raise ConfigError(setting, value, allowed)
 
 
 def _highest(layers: list[Layer], key: str) -> Setting | None:
