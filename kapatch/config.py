@@ -236,7 +236,9 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
         unknown = [n for n in (chosen.value if chosen else ()) if n not in names and n != "*"]
         if chosen is not None and unknown:
             raise ConfigError(
-                _source_setting(chosen), ",".join(chosen.value), f"adapters are {', '.join(names)} (or *)"
+                _source_setting(chosen, key),
+                ",".join(chosen.value),
+                f"adapters are {', '.join(names)} (or *)",
             )
     selected = pick("adapters")
     disabled = pick("disabled_adapters")
@@ -292,5 +294,6 @@ def _check_rules(
                 ) from None
 
 
-def _source_setting(setting: Setting) -> str:
-    return setting.source.split(" ", 1)[1] if " " in setting.source else setting.source
+def _source_setting(setting: Setting, key: str) -> str:
+    """``env KAPATCH_ADAPTERS`` -> ``KAPATCH_ADAPTERS``; an argument is named by its keyword."""
+    return setting.source.split(" ", 1)[1] if " " in setting.source else key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._durations import DURATION_HELP, parse_duration_ms
-from ._errors import ConfigError
+from ._errors import ConfigError, shown
 from ._records import fields, record, replace
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -57,7 +57,7 @@ class Mode(str):
     def __new__(cls, value: object) -> Mode:
         member = cls._members.get(value) if isinstance(value, str) else None
         if member is None:
-            raise ValueError(f"{value!r} is not a valid Mode; modes are {', '.join(cls._members)}")
+            raise ValueError(f"{shown(value)} is not a valid Mode; modes are {', '.join(cls._members)}")
         return member
 
     @property
@@ -290,8 +290,7 @@ def parse_policy_fields(
     parsed: dict[str, object] = {}
     for name, value in values.items():
         if name not in known:
-            raise ConfigError(
-                setting_name(name), value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}"
-            )
+            where = setting_name(str(name)) or repr(name)  # {"": 5} still names something
+            raise ConfigError(where, value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}")
         parsed[name] = _PARSERS[name](value, setting_name(name))
     return parsed

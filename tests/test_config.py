@@ -618,6 +618,14 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
         ({"overrides": {"redis": {"idel": 5}}}, "overrides['redis']['idel']", 5, "one of enabled, idle"),
         ({"rules": ["10.0.0.0/8"]}, "rules", "10.0.0.0/8", "kapatch.Rule objects"),
         ({"profile": 5}, "profile", 5, "a profile name"),
+        ({"adapters": ["foo"]}, "adapters", "foo", "adapters are"),  # was named 'argument'
+        ({"overrides": {"redis": 5}}, "overrides['redis']", 5, "a mapping of redis's settings"),
+        ({"overrides": ["redis"]}, "overrides", ["redis"], "a mapping of adapter name to settings"),
+        ({"rules": 5}, "rules", 5, "a list of kapatch.Rule objects"),
+        ({"rules": "10.0.0.0/8"}, "rules", "10.0.0.0/8", "a list of kapatch.Rule objects"),
+        ({"environ": 5}, "environ", 5, "a mapping of variable names to strings"),
+        ({"environ": {5: "x"}}, "environ", 5, "variable names are strings"),
+        ({"environ": {"KAPATCH_IDLE": 5}}, "KAPATCH_IDLE", 5, "a string, as os.environ holds"),
         (
             {"rules": [Rule.build("*", skip=True, adapters=["rediss"])]},
             "rule * adapters",
@@ -627,7 +635,40 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], setting: str, value: object, allowed: str) -> None:
-    assert_one_clear_message(error_of(environ={}, **kwargs), setting, value, allowed)
+    assert_one_clear_message(error_of(**{"environ": {}, **kwargs}), setting, value, allowed)
+
+
+def test_rules_none_means_no_rules() -> None:
+    assert load_config(environ={}, rules=None).rules == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting", "value", "allowed"),
+    [
+        ({"skip": True, "adapters": 5}, "rule.adapters", 5, "a list of adapter names"),
+        ({"skip": True, "adapters": "redis"}, "rule.adapters", "redis", "a list of adapter names"),
+        ({"skip": True, "adapters": [5]}, "rule.adapters", [5], "a list of adapter names"),
+        ({"skip": "yes"}, "rule.skip", "yes", "True or False"),
+        ({"profile": ["aws"]}, "rule.profile", ["aws"], "a profile name"),
+        ({"skip": True, "source": 5}, "rule.source", 5, "a string"),
+    ],
+)
+def test_rule_build_checks_its_argument_types(
+    kwargs: dict[str, object], setting: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Rule.build("*", **kwargs)  # type: ignore[arg-type]
+    assert_one_clear_message(raised.value, setting, value, allowed)
+
+
+def test_a_hand_made_rule_is_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"rule\.matcher='x': a Matcher"):
+        Rule(matcher="x")  # type: ignore[arg-type]
+    matcher = Rule.build("*", skip=True).matcher
+    with pytest.raises(ConfigError, match=r"rule\.idle=0"):
+        Rule(matcher=matcher, changes=(("idle", 0),))
+    with pytest.raises(ConfigError, match=r"rule\.adapters"):
+        Rule(matcher=matcher, action="skip", adapters={"redis"})  # type: ignore[arg-type]
 
 
 def test_a_combination_names_its_sources(tmp_path: Path) -> None:
