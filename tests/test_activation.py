@@ -6,9 +6,10 @@ be patched by it. The child reads the options back from real connected sockets w
 getsockopt (without importing kapatch, so the "unset" case can also show that nothing of
 kapatch was imported) and prints them as JSON.
 
-The children run ``KAPATCH_TEST_PYTHON`` when it is set (scripts/test points it at a venv
+The children run ``TEST_KAPATCH_PYTHON`` when it is set (scripts/test points it at a venv
 with the built wheel installed, .venv-wheel/), else this interpreter (the editable install):
-the same checks serve both.
+the same checks serve both. Its name is outside ``KAPATCH_*`` on purpose: that prefix is
+kapatch's settings, which conftest.py strips from the suite and kapatch rejects when unknown.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from kapatch.profiles import DEFAULT_PROFILE, get_profile
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVATION = ROOT / "activation"
 CHILD_TIMEOUT = 60
-PYTHON = os.environ.get("KAPATCH_TEST_PYTHON") or sys.executable
+PYTHON = os.environ.get("TEST_KAPATCH_PYTHON") or sys.executable
 """The interpreter under test: the wheel's venv (scripts/test) or the suite's own."""
 EX_CONFIG = 78
 
@@ -157,11 +158,11 @@ def test_activation_files_are_installed_in_this_environment():
 
 
 def test_kapatch_comes_from_the_interpreter_under_test():
-    """With KAPATCH_TEST_PYTHON, kapatch is the installed wheel's, never this checkout's."""
+    """With TEST_KAPATCH_PYTHON, kapatch is the installed wheel's, never this checkout's."""
     done = run_python(["-c", "import sys, kapatch; print(sys.prefix); print(kapatch.__file__)"], clean_env())
     assert done.returncode == 0, done.stderr
     prefix, where = done.stdout.split()
-    if "KAPATCH_TEST_PYTHON" in os.environ:
+    if "TEST_KAPATCH_PYTHON" in os.environ:
         assert where.startswith(prefix + os.sep), where
         assert not where.startswith(str(ROOT / "kapatch")), where
     else:

@@ -401,7 +401,7 @@ def test_the_automatic_path_runs_the_program_with_at_most_one_warning(
     environ.pop("KAPATCH_ENABLED", None)
     if data.draw(st.booleans()):
         environ["KAPATCH_CONFIG"] = data.draw(st.sampled_from(config_targets))
-    python = os.environ.get("KAPATCH_TEST_PYTHON") or sys.executable
+    python = os.environ.get("TEST_KAPATCH_PYTHON") or sys.executable
     done = subprocess.run(
         [python, "-c", "print('the program ran')"],
         env=_automatic_env(environ),

@@ -186,9 +186,9 @@ def test_a_suite_that_makes_warnings_errors_starts_with_kapatch_enabled(tmp_path
     """pytest marks the plugin's distribution (kapatch, _kapatch_gate) for assertion rewriting and
     warned that they were imported already: at interpreter start. Under -W error that killed the run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
-    # KAPATCH_TEST_PYTHON: scripts/test runs this against the installed wheel too, where the
+    # TEST_KAPATCH_PYTHON: scripts/test runs this against the installed wheel too, where the
     # kapatch package itself (not only _kapatch_gate) is among the files pytest marks
-    python = os.environ.get("KAPATCH_TEST_PYTHON") or sys.executable
+    python = os.environ.get("TEST_KAPATCH_PYTHON") or sys.executable
     done = run_strict_pytest(python, tmp_path, how, env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
