@@ -21,6 +21,7 @@ TEST_DEPS = [
     "hypothesis>=6.100",
     "PySocks>=1.7",
     "gunicorn>=21",
+    "build>=1.2",  # tests/test_packaging.py builds the sdist and wheel
 ]
 OLDEST = [
     "urllib3==1.26.*",

@@ -10,6 +10,9 @@ Nothing here may raise into the interpreter's start: site.py would print a trace
 and carry on (or, for ``SystemExit``, die with "Fatal Python error"). Failures become
 one line on stderr and the program runs without kapatch, unless
 ``KAPATCH_ON_ERROR=raise``, in which case the process stops with exit status 78.
+
+PYTEST_DONT_REWRITE: pytest would otherwise warn that this module, imported at
+interpreter start, "cannot be rewritten" (kapatch's pytest plugin puts it in scope).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@
 Everything public is here; modules starting with ``_`` are private. Names are loaded
 on first use, so ``import kapatch`` (and the pytest plugin, which lives in this
 package) costs almost nothing until something is called.
+
+PYTEST_DONT_REWRITE: pytest marks every top-level module of a distribution with a
+``pytest11`` plugin for assertion rewriting, and warns (an error under ``-W error``)
+when one was imported before it; with ``KAPATCH_ENABLED=1`` this package was, at
+interpreter start. It holds no assertions to rewrite; this marker tells pytest so.
 """
 
 from __future__ import annotations

@@ -122,7 +122,11 @@ def _report(error: Exception, *, at_startup: bool) -> None:
 
 
 def _wants_raise() -> bool:
-    """``on_error`` when the configuration could not be merged: the variable, else the file."""
+    """``on_error`` when the configuration could not be merged: the variable, else the file.
+
+    The file's own ``on_error`` is read on its own, before the rest of the file is judged:
+    a file that says ``on_error = "raise"`` and holds a bad value asked to fail fast.
+    """
     raw = os.environ.get("KAPATCH_ON_ERROR", "").strip().lower()
     if raw:
         return raw == "raise"
@@ -130,10 +134,8 @@ def _wants_raise() -> bool:
     if not path:
         return False
     try:
-        from ._registry import adapter_names
-        from ._toml import read_toml
+        from ._toml import file_on_error
 
-        found = read_toml(path, adapter_names()).settings.get("on_error")
-    except Exception:  # the file itself may be what is broken
+        return file_on_error(path) == "raise"
+    except Exception:  # a broken install of tomli, say: the warning is still owed
         return False
-    return found is not None and found.value == "raise"

@@ -14,6 +14,7 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _UNITS = ("ms", "s", "m", "h")  # "ms" first: "5ms" also ends in "s" and in "m"-then-"s"
 _DIGITS = frozenset("0123456789")  # ASCII only: str.isdigit() takes any Unicode digit
 _MAX_DIGITS = 30  # per part of a written number; more is a typo, not a duration
+_MAX_NUMBER = 10**_MAX_DIGITS  # the same bound for an int argument, checked before str() of it
 
 
 def parse_duration_ms(value: object, setting: str) -> int:
@@ -28,6 +29,8 @@ def parse_duration_ms(value: object, setting: str) -> int:
     if isinstance(value, bool):  # bool is an int subclass; True is not a duration
         raise ConfigError(setting, value, DURATION_HELP)
     if isinstance(value, int):
+        if not -_MAX_NUMBER < value < _MAX_NUMBER:  # str() of 10**5000 is a ValueError
+            raise ConfigError(setting, value, DURATION_HELP)
         text, unit = str(value), "s"
     elif isinstance(value, float):
         if not math.isfinite(value):

@@ -22,20 +22,31 @@ def env_name(key: str, adapter: str | None = None) -> str:
     return ENV_PREFIX + "_".join(p.upper().replace("-", "_") for p in parts)
 
 
+def _sort_key(variable: object) -> tuple[bool, str]:
+    return (not isinstance(variable, str), variable if isinstance(variable, str) else "")
+
+
 def read_env(environ: Mapping[str, str], adapter_names: Iterable[str]) -> Layer:
     """Parse every ``KAPATCH_*`` variable; an unknown one is an error, not silence.
 
     An empty value counts as unset, as orchestrators often template empty strings.
     """
     layer = Layer("environment")
+    given: object = environ  # typed as a Mapping; checked, as callers may pass anything
+    if not (hasattr(given, "keys") and hasattr(given, "__getitem__")) or isinstance(given, str):
+        raise ConfigError("environ", environ, "a mapping of variable names to strings, like os.environ")
     known: dict[str, tuple[str | None, str]] = {env_name(key): (None, key) for key in GLOBAL_SETTINGS}
     for adapter in adapter_names:
         for key in ADAPTER_FIELDS:
             known[env_name(key, adapter)] = (adapter, key)
-    for variable in sorted(environ):
+    for variable in sorted(environ, key=_sort_key):
+        if not isinstance(variable, str):  # os.environ has only str; a test mapping may not
+            raise ConfigError("environ", variable, "variable names are strings, like os.environ's")
         if not variable.startswith(ENV_PREFIX) or variable.startswith(INTERNAL_PREFIX):
             continue
         raw = environ[variable]
+        if not isinstance(raw, str):
+            raise ConfigError(variable, raw, "a string, as os.environ holds")
         if raw.strip() == "":
             continue
         if variable not in known:

@@ -89,7 +89,13 @@ def load_config(
     ``adapters``, ``exclude``, ``config``, ...); *overrides* maps an adapter name to
     its own settings (``{"redis": {"idle": "10s"}}``). Raises :class:`ConfigError`.
     """
-    return merge_sources(arguments, environ, overrides or {}, rules, adapter_names())
+    return merge_sources(
+        arguments,
+        environ,
+        {} if overrides is None else overrides,
+        () if rules is None else rules,
+        adapter_names(),
+    )
 
 
 def merge_sources(
@@ -122,6 +128,14 @@ def _argument_layer(
     names: tuple[str, ...],
 ) -> Layer:
     layer = Layer("arguments")
+    _require_mapping(
+        "overrides", overrides, 'a mapping of adapter name to settings: {"redis": {"idle": "10s"}}'
+    )
+    given: object = rules  # typed as an Iterable; checked, as callers may pass anything
+    if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__"):
+        raise ConfigError(
+            "rules", rules, "a list of kapatch.Rule objects, e.g. [Rule.build('10.0.0.0/8', skip=True)]"
+        )
     for key, value in arguments.items():
         if key not in GLOBAL_SETTINGS:
             raise ConfigError(key, value, f"not a kapatch setting; settings are {', '.join(GLOBAL_SETTINGS)}")
@@ -130,6 +144,9 @@ def _argument_layer(
     for adapter, settings in overrides.items():
         if adapter not in names:
             raise ConfigError("overrides", adapter, f"an adapter: {', '.join(names)}")
+        _require_mapping(
+            f"overrides[{adapter!r}]", settings, f'a mapping of {adapter}\'s settings: {{"idle": "10s"}}'
+        )
         for key, value in settings.items():
             setting = f"overrides[{adapter!r}][{key!r}]"
             if key not in ADAPTER_FIELDS:
@@ -145,6 +162,12 @@ def _argument_layer(
             )
         layer.rules.append(rule)
     return layer
+
+
+def _require_mapping(setting: str, value: object, allowed: str) -> None:
+    # Duck-typed: collections.abc is not worth its import at interpreter start.
+    if not (hasattr(value, "items") and hasattr(value, "__getitem__")) or isinstance(value, (str, bytes)):
+        raise ConfigError(setting, value, allowed)
 
 
 def _highest(layers: list[Layer], key: str) -> Setting | None:
@@ -215,7 +238,9 @@ def _merge(layers: list[Layer], names: tuple[str, ...], config_file: str | None)
         unknown = [n for n in (chosen.value if chosen else ()) if n not in names and n != "*"]
         if chosen is not None and unknown:
             raise ConfigError(
-                _source_setting(chosen), ",".join(chosen.value), f"adapters are {', '.join(names)} (or *)"
+                _source_setting(chosen, key),
+                ",".join(chosen.value),
+                f"adapters are {', '.join(names)} (or *)",
             )
     selected = pick("adapters")
     disabled = pick("disabled_adapters")
@@ -280,5 +305,6 @@ def _check_rules(
                 ) from None
 
 
-def _source_setting(setting: Setting) -> str:
-    return setting.source.split(" ", 1)[1] if " " in setting.source else setting.source
+def _source_setting(setting: Setting, key: str) -> str:
+    """``env KAPATCH_ADAPTERS`` -> ``KAPATCH_ADAPTERS``; an argument is named by its keyword."""
+    return setting.source.split(" ", 1)[1] if " " in setting.source else key

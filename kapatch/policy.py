@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._durations import DURATION_HELP, parse_duration_ms
-from ._errors import ConfigError
+from ._errors import ConfigError, shown
 from ._records import fields, record, replace
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -21,6 +21,7 @@ __all__ = [
     "Policy",
     "UserTimeout",
     "parse_policy_fields",
+    "validate_field",
 ]
 
 # Linux limits (include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
@@ -56,7 +57,7 @@ class Mode(str):
     def __new__(cls, value: object) -> Mode:
         member = cls._members.get(value) if isinstance(value, str) else None
         if member is None:
-            raise ValueError(f"{value!r} is not a valid Mode; modes are {', '.join(cls._members)}")
+            raise ValueError(f"{shown(value)} is not a valid Mode; modes are {', '.join(cls._members)}")
         return member
 
     @property
@@ -104,7 +105,7 @@ class Policy:
 
     def __post_init__(self) -> None:
         for name in POLICY_FIELDS:
-            _validate_field(name, getattr(self, name), name)
+            validate_field(name, getattr(self, name), name)
         timings = (self.idle, self.interval, self.count)
         if None in timings and timings != (None, None, None):
             raise ConfigError(
@@ -124,6 +125,9 @@ class Policy:
     @classmethod
     def parse(cls, values: Mapping[str, object], *, setting_name: Callable[[str], str] = str) -> Policy:
         """Build a policy from raw values (``"45s"``, ``"1500ms"``, ``"auto"``, ``"true"``)."""
+        given: object = values  # typed as a Mapping; checked, as callers may pass anything
+        if not hasattr(given, "items") or isinstance(given, (str, bytes)):
+            raise ConfigError("values", values, 'a mapping of policy fields: {"idle": "45s"}')
         return cls(**parse_policy_fields(values, setting_name=setting_name))  # type: ignore[arg-type]
 
     def evolve(self, **changes: object) -> Policy:
@@ -198,6 +202,9 @@ def _whole_seconds(value: object, setting: str, limit: int) -> int | None:
     return seconds
 
 
+_MAX_COUNT_DIGITS = 30  # "0005" is 5; thirty digits is no count, only a typo
+
+
 def _count(value: object, setting: str) -> int | None:
     if value is None:
         return None
@@ -206,7 +213,9 @@ def _count(value: object, setting: str) -> int | None:
         raise ConfigError(setting, value, allowed)
     if isinstance(value, str):
         text = value.strip()
-        if not (text.isascii() and text.isdecimal()):  # isdecimal alone takes any Unicode digit
+        # isdecimal alone takes any Unicode digit; the length bound comes before int(), which
+        # refuses more than 4,300 digits with a ValueError of its own
+        if not (text.isascii() and text.isdecimal()) or len(text) > _MAX_COUNT_DIGITS:
             raise ConfigError(setting, value, allowed)
         number = int(text)
     elif isinstance(value, int):
@@ -248,8 +257,10 @@ _RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-def _validate_field(name: str, value: object, setting: str) -> None:
+def validate_field(name: str, value: object, setting: str) -> None:
     """Constructor check of canonical values; strings go through Policy.parse()."""
+    if name not in POLICY_FIELDS:
+        raise ConfigError(setting, value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}")
     if name == "enabled":
         if not isinstance(value, bool):
             raise ConfigError(setting, value, "a bool")
@@ -279,8 +290,7 @@ def parse_policy_fields(
     parsed: dict[str, object] = {}
     for name, value in values.items():
         if name not in known:
-            raise ConfigError(
-                setting_name(name), value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}"
-            )
+            where = setting_name(str(name)) or repr(name)  # {"": 5} still names something
+            raise ConfigError(where, value, f"not a policy field; fields are {', '.join(POLICY_FIELDS)}")
         parsed[name] = _PARSERS[name](value, setting_name(name))
     return parsed

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._errors import ConfigError
 from ._memo import remember
 from ._records import record, replace
-from .policy import Policy, parse_policy_fields
+from .policy import Policy, parse_policy_fields, validate_field
 from .profiles import get_profile
 
 __all__ = ["Destination", "Matcher", "Rule", "first_match", "parse_matcher"]
@@ -77,8 +77,16 @@ class Matcher:
         return True
 
 
+_MAX_PATTERN = 300  # a host name is at most 253 characters; with a port and brackets, still under this
+_MAX_PORT_DIGITS = 10  # checked before int(), which refuses more than 4,300 digits with a ValueError
+
+
 def _port(text: str, setting: str, pattern: str) -> int:
-    if not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= 65535:
+    if (
+        not (text.isascii() and text.isdecimal())
+        or len(text) > _MAX_PORT_DIGITS
+        or not 1 <= int(text) <= 65535
+    ):
         raise ConfigError(setting, pattern, f"port {text!r} is not 1-65535; " + PATTERN_HELP)
     return int(text)
 
@@ -97,6 +105,8 @@ def parse_matcher(pattern: str, setting: str = "match") -> Matcher:
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigError(setting, pattern, PATTERN_HELP)
     text = pattern.strip()
+    if len(text) > _MAX_PATTERN:
+        raise ConfigError(setting, pattern, f"longer than {_MAX_PATTERN} characters; " + PATTERN_HELP)
     host_part, port = text, None
     if text.startswith("["):
         inside, bracket, rest = text[1:].partition("]")
@@ -152,6 +162,13 @@ class Rule:
         ``Rule.build("10.0.0.0/8", skip=True)``, ``Rule.build("*:6379", idle="10s")``.
         """
         matcher = parse_matcher(match, f"{setting}.match")
+        if not isinstance(skip, bool):
+            raise ConfigError(f"{setting}.skip", skip, "True or False")
+        if profile is not None and not isinstance(profile, str):
+            raise ConfigError(f"{setting}.profile", profile, "a profile name")
+        only = None if adapters is None else _adapter_names(adapters, f"{setting}.adapters")
+        if not isinstance(source, str):
+            raise ConfigError(f"{setting}.source", source, "a string saying where the rule came from")
         if skip and (profile or changes):
             raise ConfigError(setting, match, "a rule either skips or changes the policy, not both")
         if not skip and not profile and not changes:
@@ -164,9 +181,31 @@ class Rule:
             action="skip" if skip else "apply",
             profile=profile,
             changes=tuple(parsed.items()),
-            adapters=frozenset(adapters) if adapters is not None else None,
+            adapters=only,
             source=source,
         )
+
+    def __post_init__(self) -> None:
+        # Rule(...) is public too: check what Rule.build() would have, so a rule made by
+        # hand fails here with a ConfigError, not later in an adapter.
+        if not isinstance(self.matcher, Matcher):
+            raise ConfigError("rule.matcher", self.matcher, "a Matcher; build rules with Rule.build()")
+        if self.action not in ("skip", "apply"):
+            raise ConfigError("rule.action", self.action, "skip or apply")
+        if self.profile is not None:
+            get_profile(self.profile, "rule.profile")
+        if not isinstance(self.changes, tuple) or not all(
+            isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str) for c in self.changes
+        ):
+            raise ConfigError("rule.changes", self.changes, "a tuple of (policy field, value) pairs")
+        for name, value in self.changes:
+            validate_field(name, value, f"rule.{name}")
+        if self.adapters is not None and not (
+            isinstance(self.adapters, frozenset) and all(isinstance(a, str) for a in self.adapters)
+        ):
+            raise ConfigError("rule.adapters", self.adapters, "None or a frozenset of adapter names")
+        if not isinstance(self.source, str):
+            raise ConfigError("rule.source", self.source, "a string")
 
     def policy_for(self, base: Policy) -> Policy:
         """The policy this rule gives a connection whose adapter policy is *base*."""
@@ -183,6 +222,16 @@ class Rule:
         )
         only = f" (adapters: {', '.join(sorted(self.adapters))})" if self.adapters else ""
         return f"{self.matcher.text} -> {what}{only}"
+
+
+def _adapter_names(value: object, setting: str) -> frozenset[str]:
+    allowed = "a list of adapter names, e.g. ['redis']"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(setting, value, allowed)
+    names = list(value)
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(setting, value, allowed)
+    return frozenset(names)
 
 
 _RULE_POLICIES: dict[tuple[Rule, Policy], Policy] = {}

@@ -1,10 +1,15 @@
 """Activation without code: KAPATCH_ENABLED through kapatch.pth, and ``import kapatch.auto``.
 
-Every check runs in a FRESH interpreter (``sys.executable`` in a subprocess): what the
+Every check runs in a FRESH interpreter (a subprocess): what the
 start-up hook does can only be seen at interpreter start, and the test process must never
 be patched by it. The child reads the options back from real connected sockets with
 getsockopt (without importing kapatch, so the "unset" case can also show that nothing of
 kapatch was imported) and prints them as JSON.
+
+The children run ``TEST_KAPATCH_PYTHON`` when it is set (scripts/test points it at a venv
+with the built wheel installed, .venv-wheel/), else this interpreter (the editable install):
+the same checks serve both. Its name is outside ``KAPATCH_*`` on purpose: that prefix is
+kapatch's settings, which conftest.py strips from the suite and kapatch rejects when unknown.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from pathlib import Path
 import pytest
 from checks import READ_SOCKET_SOURCE
 
-from kapatch import _bootstrap, _sysinfo
+from kapatch import _bootstrap
 from kapatch.profiles import DEFAULT_PROFILE, get_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVATION = ROOT / "activation"
 CHILD_TIMEOUT = 60
+PYTHON = os.environ.get("TEST_KAPATCH_PYTHON") or sys.executable
+"""The interpreter under test: the wheel's venv (scripts/test) or the suite's own."""
 EX_CONFIG = 78
 
 # The child: records which kapatch/wrapt modules exist at interpreter start, optionally
@@ -85,7 +92,7 @@ def clean_env(**settings: str) -> dict[str, str]:
 
 
 def run_python(
-    args: list[str], env: Mapping[str, str], python: str = sys.executable
+    args: list[str], env: Mapping[str, str], python: str = PYTHON, timeout: float = CHILD_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     # cwd "/": `python -c` puts the working directory first on sys.path, and the repository's
     # own kapatch/ must not shadow the installed one.
@@ -95,14 +102,12 @@ def run_python(
         cwd="/",
         capture_output=True,
         text=True,
-        timeout=CHILD_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
 
 
-def probe(
-    plan: Mapping[str, object], env: Mapping[str, str], python: str = sys.executable
-) -> dict[str, object]:
+def probe(plan: Mapping[str, object], env: Mapping[str, str], python: str = PYTHON) -> dict[str, object]:
     """Run PROBE with *plan*; the child must exit 0 and print its JSON."""
     done = run_python(["-c", PROBE, json.dumps(plan)], env, python)
     assert done.returncode == 0, f"child failed ({done.returncode}):\n{done.stderr}"
@@ -136,17 +141,32 @@ def require_adapter(name: str) -> None:
 
 
 def test_activation_files_are_installed_in_this_environment():
-    """The venv the suite runs in must have them, or every child below tests nothing."""
-    for name, source in (
-        (_bootstrap.PTH_NAME, "kapatch.pth"),
-        (_bootstrap.START_NAME, "kapatch.start"),
-        (_bootstrap.GATE_MODULE, "_kapatch_gate.py"),
-    ):
-        installed = _sysinfo.installed_file(name)
-        assert installed is not None, f"{name} is not installed here: run `pip install -e .` again"
-        assert Path(installed).read_text() == (ACTIVATION / source).read_text(), (
-            f"{installed} is stale (pip install -e . copies it): reinstall"
+    """The interpreter under test must have them, or every child below tests nothing."""
+    code = (
+        "import sys; from kapatch import _sysinfo; "
+        "print(sys.prefix); [print(_sysinfo.installed_file(n)) for n in sys.argv[1:]]"
+    )
+    names = [_bootstrap.PTH_NAME, _bootstrap.START_NAME, _bootstrap.GATE_MODULE]
+    done = run_python(["-c", code, *names], clean_env())
+    assert done.returncode == 0, done.stderr
+    prefix, *found = done.stdout.splitlines()
+    for name, installed in zip(names, found, strict=True):
+        assert installed != "None", f"{name} is not installed in {prefix}: run `pip install -e .` again"
+        assert Path(installed).read_text() == (ACTIVATION / name).read_text(), (
+            f"{installed} is stale (pip install copies it): reinstall"
         )
+
+
+def test_kapatch_comes_from_the_interpreter_under_test():
+    """With TEST_KAPATCH_PYTHON, kapatch is the installed wheel's, never this checkout's."""
+    done = run_python(["-c", "import sys, kapatch; print(sys.prefix); print(kapatch.__file__)"], clean_env())
+    assert done.returncode == 0, done.stderr
+    prefix, where = done.stdout.split()
+    if "TEST_KAPATCH_PYTHON" in os.environ:
+        assert where.startswith(prefix + os.sep), where
+        assert not where.startswith(str(ROOT / "kapatch")), where
+    else:
+        assert where == str(ROOT / "kapatch" / "__init__.py")
 
 
 def _pth_import_line() -> str:
@@ -287,6 +307,91 @@ def test_on_error_raise_from_the_config_file_is_honoured(tmp_path):
     done = run_python(["-c", "print('the program ran')"], env)
     assert done.returncode == EX_CONFIG
     assert "KAPATCH_IDLE='abc'" in done.stderr
+
+
+def test_on_error_raise_in_the_file_fails_fast_on_a_bad_value_in_the_same_file(tmp_path):
+    """The file's own on_error is read before the rest of it is judged."""
+    config = tmp_path / "kapatch.toml"
+    config.write_text('on_error = "raise"\nidle = "abc"\n')
+    done = run_python(
+        ["-c", "print('the program ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=str(config))
+    )
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert done.stdout == ""
+    assert f"{config}: idle='abc'" in done.stderr
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.kapatch]\non_error = "raise"\ncount = 0\n')
+    done = run_python(["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=str(pyproject)))
+    assert done.returncode == EX_CONFIG, done.stderr
+    # the variable still beats the file, both ways
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=str(config), KAPATCH_ON_ERROR="warn")
+    done = run_python(["-c", "print('the program ran')"], env)
+    assert done.returncode == 0
+    assert done.stdout == "the program ran\n"
+    assert len(kapatch_lines(done.stderr)) == 1, done.stderr
+
+
+def test_import_auto_raises_for_on_error_raise_in_the_file(tmp_path):
+    config = tmp_path / "kapatch.toml"
+    config.write_text('on_error = "raise"\n[redis]\nidle = "abc"\n')
+    done = run_python(["-c", "import kapatch.auto\nprint('ran')"], clean_env(KAPATCH_CONFIG=str(config)))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert f"ConfigError: {config}: [redis] idle='abc'" in done.stderr
+
+
+def _fifo(tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "fifo.toml")
+    return str(tmp_path / "fifo.toml")
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero", "/dev/urandom", "/dev/full", "directory"])
+def test_a_config_that_is_no_regular_file_never_hangs_and_warns_once(tmp_path, target):
+    path = {"fifo": lambda: _fifo(tmp_path), "directory": lambda: str(tmp_path)}.get(target, lambda: target)()
+    env = clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=path)
+    # a FIFO blocked open() forever; /dev/zero grew to gigabytes: 30 s is ample for a start
+    done = run_python(["-c", "print('the program ran')"], env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the program ran\n"
+    lines = kapatch_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    assert f"KAPATCH_CONFIG={path!r}: not a regular file" in lines[0]
+    assert "a regular TOML file of at most 1 MiB" in lines[0]
+    stop = run_python(["-c", "print('ran')"], {**env, "KAPATCH_ON_ERROR": "raise"}, timeout=30)
+    assert stop.returncode == EX_CONFIG
+    assert stop.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("KAPATCH_COUNT", "9" * 5000), ("KAPATCH_EXCLUDE", "*:" + "5" * 5000), ("KAPATCH_IDLE", "1" * 5000)],
+)
+def test_a_number_with_thousands_of_digits_warns_naming_the_variable(variable, raw):
+    done = run_python(["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", **{variable: raw}))
+    assert done.returncode == 0, done.stderr
+    lines = kapatch_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"kapatch: {variable}='{raw[:10]}"), lines[0]
+    assert "activation failed" not in lines[0]
+    assert len(lines[0]) < 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "allowed"),
+    [
+        ("count = " + "7" * 5000 + "\n", "a number with thousands of digits"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "arrays or tables nested too deeply"),
+    ],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_a_toml_file_python_cannot_parse_warns_naming_the_file(tmp_path, text, allowed):
+    config = tmp_path / "kapatch.toml"
+    config.write_text(text)
+    done = run_python(["-c", "print('ran')"], clean_env(KAPATCH_ENABLED="1", KAPATCH_CONFIG=str(config)))
+    assert done.returncode == 0, done.stderr
+    lines = kapatch_lines(done.stderr)
+    assert len(lines) == 1, done.stderr
+    assert f"KAPATCH_CONFIG={str(config)!r}: not valid TOML: {allowed}" in lines[0]
 
 
 def test_unknown_variable_is_reported_with_a_suggestion(http_server):

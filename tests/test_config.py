@@ -466,7 +466,123 @@ def test_unreadable_toml(tmp_path: Path) -> None:
         error_of(environ={"KAPATCH_CONFIG": bad_utf8}), "KAPATCH_CONFIG", bad_utf8, "not valid TOML", "utf-8"
     )
     assert_one_clear_message(
-        error_of(environ={"KAPATCH_CONFIG": str(tmp_path)}), "KAPATCH_CONFIG", str(tmp_path), "Is a directory"
+        error_of(environ={"KAPATCH_CONFIG": str(tmp_path)}),
+        "KAPATCH_CONFIG",
+        str(tmp_path),
+        "not a regular file (a directory); it must be a regular TOML file of at most 1 MiB",
+    )
+
+
+# ---------------------------------------------------------------- files that are not config files
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> str:
+    path = tmp_path / "fifo.toml"
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.timeout(20)  # the old code blocked in open() until a writer came: forever
+def test_a_fifo_is_refused_without_blocking(fifo: str) -> None:
+    assert_one_clear_message(
+        error_of(environ={"KAPATCH_CONFIG": fifo}), "KAPATCH_CONFIG", fifo, "not a regular file (a FIFO)"
+    )
+    assert_one_clear_message(error_of(environ={}, config=fifo), "config", fifo, "a regular TOML file")
+
+
+@pytest.mark.timeout(20)  # /dev/zero never ends: the old code read until MemoryError
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/full", "/dev/null"])
+def test_a_device_is_refused(device: str) -> None:
+    assert_one_clear_message(
+        error_of(environ={"KAPATCH_CONFIG": device}),
+        "KAPATCH_CONFIG",
+        device,
+        "not a regular file (a character device); it must be a regular TOML file of at most 1 MiB",
+    )
+
+
+def test_a_file_over_one_mib_is_refused_and_one_at_the_bound_is_read(tmp_path: Path) -> None:
+    from kapatch._toml import MAX_FILE_BYTES
+
+    line = b'profile = "aws"\n'
+    at_bound = write(tmp_path, line + b"#" * (MAX_FILE_BYTES - len(line) - 1) + b"\n", "big.toml")
+    assert os.path.getsize(at_bound) == MAX_FILE_BYTES
+    assert load_config(environ={"KAPATCH_CONFIG": at_bound}).profile == "aws"
+    over = write(tmp_path, line + b"#" * MAX_FILE_BYTES, "huge.toml")
+    assert_one_clear_message(
+        error_of(environ={"KAPATCH_CONFIG": over}), "KAPATCH_CONFIG", over, "bytes; it must be a regular"
+    )
+
+
+def test_a_symlink_to_a_regular_file_is_read_and_one_to_a_device_is_not(tmp_path: Path) -> None:
+    target = write(tmp_path, 'profile = "gcp"\n')
+    (tmp_path / "link.toml").symlink_to(target)
+    assert load_config(environ={"KAPATCH_CONFIG": str(tmp_path / "link.toml")}).profile == "gcp"
+    (tmp_path / "zero.toml").symlink_to("/dev/zero")
+    assert "character device" in str(error_of(environ={"KAPATCH_CONFIG": str(tmp_path / "zero.toml")}))
+
+
+# ---------------------------------------------------------------- numbers too long for int()
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "allowed"),
+    [
+        ("KAPATCH_COUNT", "7" * 5000, "a whole number of probes from 1 to 127"),
+        ("KAPATCH_REDIS_COUNT", "0" * 4999 + "5", "a whole number of probes"),
+        ("KAPATCH_IDLE", "9" * 5000, "a duration"),
+        ("KAPATCH_USER_TIMEOUT", "9" * 5000 + "ms", "a duration"),
+        ("KAPATCH_EXCLUDE", "*:" + "1" * 5000, "longer than 300 characters"),
+        ("KAPATCH_EXCLUDE", "*:" + "1" * 200, "port '11111"),
+        ("KAPATCH_EXCLUDE", "10.0.0.0/" + "8" * 5000, "longer than 300 characters"),
+    ],
+)
+def test_numbers_with_thousands_of_digits_are_the_one_clear_error(
+    variable: str, raw: str, allowed: str
+) -> None:
+    error = error_of(environ={variable: raw})
+    message = str(error)
+    assert error.setting == variable
+    assert message.startswith(f"{variable}='{raw[:20]}"), message
+    assert allowed in message
+    assert "\n" not in message and len(message) < 1000  # the value is shown shortened
+
+
+@pytest.mark.parametrize("value", [10**5000, -(10**5000), 2**64], ids=["huge", "-huge", "2**64"])
+@pytest.mark.parametrize("key", ["idle", "interval", "count", "user_timeout"])
+def test_huge_int_arguments_are_config_errors(key: str, value: int) -> None:
+    error = error_of(environ={}, **{key: value})
+    assert error.setting == key
+    assert error.value == value
+    assert len(str(error)) < 1000
+
+
+def test_a_huge_toml_integer_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "count = " + "3" * 5000 + "\n")
+    assert_one_clear_message(
+        error_of(environ={"KAPATCH_CONFIG": path}),
+        "KAPATCH_CONFIG",
+        path,
+        "not valid TOML: a number with thousands of digits",
+    )
+    within_limit = write(tmp_path, "idle = " + "3" * 4000 + "\n", "long.toml")
+    message = str(error_of(environ={"KAPATCH_CONFIG": within_limit}))
+    assert message.startswith(f"{within_limit}: idle=<int of about 4000 digits>: a duration"), message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        "x = " + "{ a = " * 3000 + "1" + " }" * 3000 + "\n",
+    ],
+    ids=["arrays", "inline-tables"],
+)
+def test_deeply_nested_toml_names_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    assert_one_clear_message(
+        error_of(environ={"KAPATCH_CONFIG": path}), "KAPATCH_CONFIG", path, "nested too deeply"
     )
 
 
@@ -504,6 +620,14 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
         ({"overrides": {"redis": {"idel": 5}}}, "overrides['redis']['idel']", 5, "one of enabled, idle"),
         ({"rules": ["10.0.0.0/8"]}, "rules", "10.0.0.0/8", "kapatch.Rule objects"),
         ({"profile": 5}, "profile", 5, "a profile name"),
+        ({"adapters": ["foo"]}, "adapters", "foo", "adapters are"),  # was named 'argument'
+        ({"overrides": {"redis": 5}}, "overrides['redis']", 5, "a mapping of redis's settings"),
+        ({"overrides": ["redis"]}, "overrides", ["redis"], "a mapping of adapter name to settings"),
+        ({"rules": 5}, "rules", 5, "a list of kapatch.Rule objects"),
+        ({"rules": "10.0.0.0/8"}, "rules", "10.0.0.0/8", "a list of kapatch.Rule objects"),
+        ({"environ": 5}, "environ", 5, "a mapping of variable names to strings"),
+        ({"environ": {5: "x"}}, "environ", 5, "variable names are strings"),
+        ({"environ": {"KAPATCH_IDLE": 5}}, "KAPATCH_IDLE", 5, "a string, as os.environ holds"),
         (
             {"rules": [Rule.build("*", skip=True, adapters=["rediss"])]},
             "rule * adapters",
@@ -513,7 +637,40 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], setting: str, value: object, allowed: str) -> None:
-    assert_one_clear_message(error_of(environ={}, **kwargs), setting, value, allowed)
+    assert_one_clear_message(error_of(**{"environ": {}, **kwargs}), setting, value, allowed)
+
+
+def test_rules_none_means_no_rules() -> None:
+    assert load_config(environ={}, rules=None).rules == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting", "value", "allowed"),
+    [
+        ({"skip": True, "adapters": 5}, "rule.adapters", 5, "a list of adapter names"),
+        ({"skip": True, "adapters": "redis"}, "rule.adapters", "redis", "a list of adapter names"),
+        ({"skip": True, "adapters": [5]}, "rule.adapters", [5], "a list of adapter names"),
+        ({"skip": "yes"}, "rule.skip", "yes", "True or False"),
+        ({"profile": ["aws"]}, "rule.profile", ["aws"], "a profile name"),
+        ({"skip": True, "source": 5}, "rule.source", 5, "a string"),
+    ],
+)
+def test_rule_build_checks_its_argument_types(
+    kwargs: dict[str, object], setting: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Rule.build("*", **kwargs)  # type: ignore[arg-type]
+    assert_one_clear_message(raised.value, setting, value, allowed)
+
+
+def test_a_hand_made_rule_is_checked_too() -> None:
+    with pytest.raises(ConfigError, match=r"rule\.matcher='x': a Matcher"):
+        Rule(matcher="x")  # type: ignore[arg-type]
+    matcher = Rule.build("*", skip=True).matcher
+    with pytest.raises(ConfigError, match=r"rule\.idle=0"):
+        Rule(matcher=matcher, changes=(("idle", 0),))
+    with pytest.raises(ConfigError, match=r"rule\.adapters"):
+        Rule(matcher=matcher, action="skip", adapters={"redis"})  # type: ignore[arg-type]
 
 
 def test_a_combination_names_its_sources(tmp_path: Path) -> None:

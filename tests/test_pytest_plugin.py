@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -152,6 +153,46 @@ def test_loading_the_plugin_installs_nothing_and_imports_no_client() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.stdout.strip() == "False False []", done.stdout + done.stderr
+
+
+STRICT_SUITE = """
+import socket, sys
+
+def test_kapatch_booted_and_the_plugin_serves(assert_keepalive):
+    assert "kapatch.runtime" in sys.modules  # installed at interpreter start, before pytest
+    import kapatch
+    assert kapatch.status().installed
+    assert callable(assert_keepalive)
+"""
+
+
+def run_strict_pytest(
+    python: str, directory: Path, how: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """A user's suite that turns every warning into an error, run with KAPATCH_ENABLED=1."""
+    (directory / "test_strict.py").write_text(STRICT_SUITE)
+    args = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"]
+    if how == "-W error":
+        args += ["-W", "error"]
+    else:
+        (directory / "pytest.ini").write_text("[pytest]\nfilterwarnings =\n    error\n")
+    return subprocess.run(
+        args, cwd=directory, env={**env, "KAPATCH_ENABLED": "1"}, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("how", ["-W error", "filterwarnings = error"])
+def test_a_suite_that_makes_warnings_errors_starts_with_kapatch_enabled(tmp_path: Path, how: str) -> None:
+    """pytest marks the plugin's distribution (kapatch, _kapatch_gate) for assertion rewriting and
+    warned that they were imported already: at interpreter start. Under -W error that killed the run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    # TEST_KAPATCH_PYTHON: scripts/test runs this against the installed wheel too, where the
+    # kapatch package itself (not only _kapatch_gate) is among the files pytest marks
+    python = os.environ.get("TEST_KAPATCH_PYTHON") or sys.executable
+    done = run_strict_pytest(python, tmp_path, how, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    assert "cannot be rewritten" not in done.stdout + done.stderr
 
 
 # --- assert_keepalive on real clients ---------------------------------------------------------
