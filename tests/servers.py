@@ -858,3 +858,91 @@ def start_http_proxy(host: str = LOOPBACK_V4) -> HttpProxy:
     server = _TrackingServer((host, 0), handler)
     port, stopper = _serve(server, f"test-proxy-{host}")
     return HttpProxy(host=host, port=port, pid=os.getpid(), _stopper=stopper, log=log)
+
+
+# --------------------------------------------------------------------------- holding listener, /proc fds
+
+
+@dataclass(frozen=True)
+class HoldingListener(_Handle):
+    """A loopback listener that accepts connections and holds them open, saying nothing."""
+
+    accepted: list[socket.socket] = field(default_factory=list, repr=False, compare=False)
+
+
+def start_holding_listener(host: str = LOOPBACK_V4) -> HoldingListener:
+    """Listen on a free loopback port in a thread; every accepted connection is held until stop.
+
+    For clients whose server cannot be installed here (MongoDB): the client connects and
+    waits for an answer that never comes, long enough to read its socket's options. The
+    listener is a ``_socket.socket``, so kapatch's shared hooks never see it.
+    """
+    listener = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                fd, _ = listener._accept()  # type: ignore[attr-defined]
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(socket.socket(fileno=fd))
+
+    thread = threading.Thread(target=serve, name=f"holding-listener-{port}", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+    return HoldingListener(host=host, port=port, pid=os.getpid(), _stopper=_once(stop), accepted=accepted)
+
+
+def sockets_connected_to(port: int, host: str = LOOPBACK_V4) -> list[socket.socket]:
+    """This process's TCP sockets whose peer is ``(host, port)``, found through /proc/self/fd.
+
+    For clients that keep their sockets out of reach (pymongo's monitor, a C client).
+    Each is a duplicate of the descriptor (same kernel socket, so getsockopt reads the
+    client's options); the caller closes them.
+    """
+    import stat
+
+    found: list[socket.socket] = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            dup = socket.socket(fileno=os.dup(fd))
+        except (ValueError, OSError):
+            continue  # the listing's own fd, or one closed meanwhile
+        try:
+            peer = dup.getpeername() if dup.type == socket.SOCK_STREAM else None
+        except OSError:
+            peer = None
+        if isinstance(peer, tuple) and peer[:2] == (host, port):
+            found.append(dup)
+        else:
+            dup.close()
+    return found
+
+
+def wait_for_sockets_connected_to(
+    port: int, host: str = LOOPBACK_V4, timeout: float = 15.0
+) -> list[socket.socket]:
+    """:func:`sockets_connected_to`, polled until at least one appears (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sockets_connected_to(port, host)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
