@@ -946,3 +946,118 @@ def wait_for_sockets_connected_to(
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- rabbitmq
+
+
+@dataclass(frozen=True)
+class RabbitServer(_Handle):
+    workdir: Path = field(compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
+
+
+def _rabbit_script() -> Path | None:
+    # /usr/sbin/rabbitmq-server switches to the rabbitmq user; the script behind it runs as us.
+    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_rabbitmq(*, startup_timeout: float = 60.0) -> RabbitServer:
+    """Start a private RabbitMQ node: its own name, ports, epmd, data and logs in a temp dir.
+
+    ``RABBITMQ_NODE_PORT`` (AMQP), ``RABBITMQ_DIST_PORT`` and ``ERL_EPMD_PORT`` are free
+    loopback ports (never the machine's 5672/25672/4369), no plugins. Ready when the AMQP
+    port accepts a connection (the listener opens last in the boot). Stopped by its own pid
+    (SIGTERM stops a RabbitMQ node cleanly); then its private epmd, found by its pid.
+    """
+    script = _rabbit_script()
+    if script is None:
+        raise ServerStartError("rabbitmq-server not found: run scripts/install-system-deps")
+    workdir = Path(tempfile.mkdtemp(prefix="kapatch-rabbitmq-"))
+    (workdir / "enabled_plugins").write_text("[].\n")
+    for _ in range(START_ATTEMPTS):
+        port, dist_port, epmd_port = free_port(ipv6=False), free_port(ipv6=False), free_port(ipv6=False)
+        if len({port, dist_port, epmd_port}) < 3:
+            continue
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workdir),  # the Erlang cookie goes here, not in root's home
+            "RABBITMQ_NODENAME": f"kapatch-test-{os.getpid()}-{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK_V4,
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": LOOPBACK_V4,
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+            "RABBITMQ_PID_FILE": str(workdir / "pid"),
+        }
+        with (workdir / "stdout.log").open("ab") as output:
+            proc = subprocess.Popen(
+                [str(script)], stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=workdir, env=env
+            )
+
+        def accepts(port: int = port) -> bool:
+            try:
+                with _connect_unobserved(LOOPBACK_V4, port, timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        if _wait_until(accepts, proc, startup_timeout):
+            break
+        _terminate(proc, signal.SIGTERM, 30)
+        _stop_epmd(epmd_port)
+    else:
+        tail = _log_tail(workdir / "stdout.log")
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise ServerStartError(f"rabbitmq-server did not start:\n{tail}")
+
+    def stop() -> None:
+        _terminate(proc, signal.SIGTERM, 30)
+        _stop_epmd(epmd_port)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    return RabbitServer(host=LOOPBACK_V4, port=port, pid=proc.pid, _stopper=_once(stop), workdir=workdir)
+
+
+def _stop_epmd(epmd_port: int) -> None:
+    """Stop the epmd daemon the node started on its private port: the pid listening there."""
+    inode_of_listener = None
+    hex_port = f":{epmd_port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(hex_port) and fields[3] == "0A":  # LISTEN
+                    inode_of_listener = fields[9]
+    if inode_of_listener is None:
+        return
+    target = f"socket:[{inode_of_listener}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm != "epmd":
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    os.kill(int(pid), signal.SIGTERM)
+                    return
