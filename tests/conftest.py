@@ -12,12 +12,14 @@ from servers import (
     HttpServer,
     HttpsServer,
     PostgresServer,
+    RabbitServer,
     RedisServer,
     ipv6_loopback_available,
     start_http_proxy,
     start_http_server,
     start_https_server,
     start_postgres,
+    start_rabbitmq,
     start_redis,
 )
 
@@ -37,6 +39,13 @@ def redis_server() -> Iterator[RedisServer]:
 def postgres_server() -> Iterator[PostgresServer]:
     """Private PostgreSQL, trust auth: .host, .port, .pid, .dsn, .url, .user, .dbname."""
     with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitServer]:
+    """Private RabbitMQ node (guest/guest, no plugins): .host, .port, .pid, .url."""
+    with start_rabbitmq() as server:
         yield server
 
 

@@ -858,3 +858,206 @@ def start_http_proxy(host: str = LOOPBACK_V4) -> HttpProxy:
     server = _TrackingServer((host, 0), handler)
     port, stopper = _serve(server, f"test-proxy-{host}")
     return HttpProxy(host=host, port=port, pid=os.getpid(), _stopper=stopper, log=log)
+
+
+# --------------------------------------------------------------------------- holding listener, /proc fds
+
+
+@dataclass(frozen=True)
+class HoldingListener(_Handle):
+    """A loopback listener that accepts connections and holds them open, saying nothing."""
+
+    accepted: list[socket.socket] = field(default_factory=list, repr=False, compare=False)
+
+
+def start_holding_listener(host: str = LOOPBACK_V4) -> HoldingListener:
+    """Listen on a free loopback port in a thread; every accepted connection is held until stop.
+
+    For clients whose server cannot be installed here (MongoDB): the client connects and
+    waits for an answer that never comes, long enough to read its socket's options. The
+    listener is a ``_socket.socket``, so kapatch's shared hooks never see it.
+    """
+    listener = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET, _socket.SOCK_STREAM)
+    listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                fd, _ = listener._accept()  # type: ignore[attr-defined]
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(socket.socket(fileno=fd))
+
+    thread = threading.Thread(target=serve, name=f"holding-listener-{port}", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+    return HoldingListener(host=host, port=port, pid=os.getpid(), _stopper=_once(stop), accepted=accepted)
+
+
+def sockets_connected_to(port: int, host: str = LOOPBACK_V4) -> list[socket.socket]:
+    """This process's TCP sockets whose peer is ``(host, port)``, found through /proc/self/fd.
+
+    For clients that keep their sockets out of reach (pymongo's monitor, a C client).
+    Each is a duplicate of the descriptor (same kernel socket, so getsockopt reads the
+    client's options); the caller closes them.
+    """
+    import stat
+
+    found: list[socket.socket] = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            dup = socket.socket(fileno=os.dup(fd))
+        except (ValueError, OSError):
+            continue  # the listing's own fd, or one closed meanwhile
+        try:
+            peer = dup.getpeername() if dup.type == socket.SOCK_STREAM else None
+        except OSError:
+            peer = None
+        if isinstance(peer, tuple) and peer[:2] == (host, port):
+            found.append(dup)
+        else:
+            dup.close()
+    return found
+
+
+def wait_for_sockets_connected_to(
+    port: int, host: str = LOOPBACK_V4, timeout: float = 15.0
+) -> list[socket.socket]:
+    """:func:`sockets_connected_to`, polled until at least one appears (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sockets_connected_to(port, host)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- rabbitmq
+
+
+@dataclass(frozen=True)
+class RabbitServer(_Handle):
+    workdir: Path = field(compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
+
+
+def _rabbit_script() -> Path | None:
+    # /usr/sbin/rabbitmq-server switches to the rabbitmq user; the script behind it runs as us.
+    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_rabbitmq(*, startup_timeout: float = 60.0) -> RabbitServer:
+    """Start a private RabbitMQ node: its own name, ports, epmd, data and logs in a temp dir.
+
+    ``RABBITMQ_NODE_PORT`` (AMQP), ``RABBITMQ_DIST_PORT`` and ``ERL_EPMD_PORT`` are free
+    loopback ports (never the machine's 5672/25672/4369), no plugins. Ready when the AMQP
+    port accepts a connection (the listener opens last in the boot). Stopped by its own pid
+    (SIGTERM stops a RabbitMQ node cleanly); then its private epmd, found by its pid.
+    """
+    script = _rabbit_script()
+    if script is None:
+        raise ServerStartError("rabbitmq-server not found: run scripts/install-system-deps")
+    workdir = Path(tempfile.mkdtemp(prefix="kapatch-rabbitmq-"))
+    (workdir / "enabled_plugins").write_text("[].\n")
+    for _ in range(START_ATTEMPTS):
+        port, dist_port, epmd_port = free_port(ipv6=False), free_port(ipv6=False), free_port(ipv6=False)
+        if len({port, dist_port, epmd_port}) < 3:
+            continue
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workdir),  # the Erlang cookie goes here, not in root's home
+            "RABBITMQ_NODENAME": f"kapatch-test-{os.getpid()}-{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK_V4,
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": LOOPBACK_V4,
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+            "RABBITMQ_PID_FILE": str(workdir / "pid"),
+        }
+        with (workdir / "stdout.log").open("ab") as output:
+            proc = subprocess.Popen(
+                [str(script)], stdin=subprocess.DEVNULL, stdout=output, stderr=output, cwd=workdir, env=env
+            )
+
+        def accepts(port: int = port) -> bool:
+            try:
+                with _connect_unobserved(LOOPBACK_V4, port, timeout=1.0):
+                    return True
+            except OSError:
+                return False
+
+        if _wait_until(accepts, proc, startup_timeout):
+            break
+        _terminate(proc, signal.SIGTERM, 30)
+        _stop_epmd(epmd_port)
+    else:
+        tail = _log_tail(workdir / "stdout.log")
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise ServerStartError(f"rabbitmq-server did not start:\n{tail}")
+
+    def stop() -> None:
+        _terminate(proc, signal.SIGTERM, 30)
+        _stop_epmd(epmd_port)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    return RabbitServer(host=LOOPBACK_V4, port=port, pid=proc.pid, _stopper=_once(stop), workdir=workdir)
+
+
+def _stop_epmd(epmd_port: int) -> None:
+    """Stop the epmd daemon the node started on its private port: the pid listening there."""
+    inode_of_listener = None
+    hex_port = f":{epmd_port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(hex_port) and fields[3] == "0A":  # LISTEN
+                    inode_of_listener = fields[9]
+    if inode_of_listener is None:
+        return
+    target = f"socket:[{inode_of_listener}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm != "epmd":
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    os.kill(int(pid), signal.SIGTERM)
+                    return

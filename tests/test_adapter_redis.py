@@ -45,6 +45,8 @@ from kapatch.profiles import PROFILES
 REDIS_VERSION = version_tuple(redis.__version__)
 BALANCED = PROFILES["balanced"].policy  # the default policy: 60/10/5, user timeout 110 s
 FAST = PROFILES["fast-failover"].policy  # 10/5/3, user timeout 25 s
+# socket_keepalive=True is redis 8's default (no choice), and a choice on redis 5-7 (default off).
+KEEPALIVE_TRUE_KEPT = {} if REDIS_VERSION >= (8,) else {"enabled": 1}
 USER_OPTIONS = {socket.TCP_KEEPIDLE: 42, socket.TCP_KEEPINTVL: 4, socket.TCP_KEEPCNT: 2}
 
 # Taken at import, before any test installs kapatch.
@@ -117,6 +119,11 @@ BOTH = pytest.mark.parametrize("state", [sync_state, async_state], ids=["sync", 
 def counts(adapter: str) -> dict[str, int]:
     (entry,) = [a for a in kapatch.status().adapters if a.name == adapter]
     return dict(entry.counts)
+
+
+def kept(adapter: str) -> dict[str, int]:
+    (entry,) = [a for a in kapatch.status().adapters if a.name == adapter]
+    return dict(entry.kept)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +207,52 @@ def test_rule_for_redis_only_does_not_touch_raw_sockets(install, redis_server, s
 def test_respect_mode_keeps_explicit_keepalive_options(install, redis_server, state):
     install(profile="fast-failover")
     found = state(redis_server, socket_keepalive=True, socket_keepalive_options=USER_OPTIONS)
-    assert found == KeepaliveState(True, 42, 4, 2, 0)
-    assert counts("redis")["respected"] == 1
+    # Field by field: the user chose the three timings, not a user timeout, so the policy's
+    # "auto" user timeout lands, computed from the user's own probes (42 + 4 * 2 s). Was
+    # (True, 42, 4, 2, 0) and "respected" while any option counted as a choice of every field.
+    assert found == KeepaliveState(True, 42, 4, 2, 50_000)
+    assert counts("redis")["configured"] == 1
+    assert kept("redis") == {"idle": 1, "interval": 1, "count": 1, **KEEPALIVE_TRUE_KEPT}
+
+
+@BOTH
+def test_one_explicit_option_keeps_that_field_only(install, redis_server, state):
+    install(profile="fast-failover")
+    found = state(redis_server, socket_keepalive=True, socket_keepalive_options={socket.TCP_KEEPIDLE: 42})
+    auto_ms = (42 + FAST.interval * FAST.count) * 1000
+    assert found == KeepaliveState(True, 42, FAST.interval, FAST.count, auto_ms)
+    assert kept("redis") == {"idle": 1, **KEEPALIVE_TRUE_KEPT}
+
+
+@BOTH
+def test_none_and_empty_options_are_not_a_choice(install, redis_server, state):
+    # kombu's Redis transport passes socket_keepalive=None, socket_keepalive_options=None:
+    # without kapatch keepalive stays off; nobody chose that, so the policy applies.
+    install(profile="fast-failover")
+    assert state(redis_server, socket_keepalive=None, socket_keepalive_options=None) == expected(FAST)
+    assert state(redis_server, socket_keepalive_options={}) == expected(FAST)
+    assert counts("redis")["configured"] == 2
+    assert kept("redis") == {}
+
+
+@BOTH
+def test_redis_default_options_passed_explicitly_are_not_a_choice(install, redis_server, state):
+    install(profile="fast-failover")
+    defaults = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+    found = state(redis_server, socket_keepalive=True, socket_keepalive_options=defaults)
+    if REDIS_VERSION >= (8,):  # exactly redis-py 8's defaults: the policy replaces them
+        assert found == expected(FAST)
+    else:  # redis 5-7 has no default options: 30/5/3 is the user's choice
+        assert found == KeepaliveState(True, 30, 5, 3, 45_000)
+
+
+@BOTH
+def test_os_timings_policy_keeps_the_users_option(install, redis_server, state):
+    # os-default writes no timings: the user's own idle is replayed, redis 8's 5/3 are not.
+    install(profile="os-default")
+    _, interval, count = _os_timings()
+    found = state(redis_server, socket_keepalive=True, socket_keepalive_options={socket.TCP_KEEPIDLE: 42})
+    assert found == KeepaliveState(True, 42, interval, count, 0)
 
 
 @BOTH
@@ -217,7 +268,11 @@ def test_explicit_keepalive_off(install, redis_server, state):
     found = state(redis_server, socket_keepalive=False)
     if REDIS_VERSION >= (8,):  # switching redis 8's default off is the user's choice: kept
         assert not found.enabled
-        assert counts("redis")["respected"] == 1
+        # Keepalive off chooses the probe timings, not the user timeout (a field of its own,
+        # which the policy now writes: was "respected" with no user timeout).
+        assert found.user_timeout_ms == BALANCED.user_timeout_ms
+        assert counts("redis")["configured"] == 1
+        assert kept("redis") == {"enabled": 1, "idle": 1, "interval": 1, "count": 1}
     else:  # False is redis 5-7's own default: not a choice, so the policy applies
         assert found == expected(BALANCED)
 
@@ -266,7 +321,9 @@ def test_invalid_user_options_fail_as_without_kapatch(install, redis_server):
         finally:
             client.close()
     assert errors[0] is errors[1]
-    assert counts("redis")["respected"] >= 1
+    # Option 9999 is no keepalive field: not a choice the policy must respect, but replayed
+    # (it is the user's), so redis fails on it as before. Was "respected" (any option counted).
+    assert counts("redis")["configured"] == 1
 
 
 def test_disabled_policy_leaves_redis_defaults(install, redis_server, baseline):
@@ -594,3 +651,83 @@ def test_cluster_sync_and_asyncio(install, cluster_port):
     assert found
     assert all(state == want for state in found)
     assert counts("socket")["configured"] == 0
+
+
+# --------------------------------------------------------------------------- objects kapatch cannot read
+
+
+class _MockSocket:
+    """A socket-like test double as redis-py's own suite uses: no getsockopt, records setsockopt."""
+
+    def __init__(self, *_: object) -> None:
+        self.options: list[tuple[int, int, object]] = []
+
+    def setsockopt(self, level: int, option: int, value: object) -> None:
+        self.options.append((level, option, value))
+
+    def settimeout(self, _: object) -> None:
+        pass
+
+    def connect(self, _: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _mock_connect(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer) -> list[tuple[int, int, Any]]:
+    """``Connection._connect`` with redis.connection's ``socket.socket`` a test double: its setsockopts."""
+    fake = type(sys)("socket")
+    fake.__dict__.update(vars(socket))
+    fake.socket = _MockSocket  # type: ignore[attr-defined]
+    monkeypatch.setattr(redis.connection, "socket", fake)
+    connection = redis.Connection(host=redis_server.host, port=redis_server.port)
+    try:
+        sock = connection._connect()
+    finally:
+        monkeypatch.undo()
+    assert isinstance(sock, _MockSocket)
+    return sock.options
+
+
+def test_connect_returning_a_socket_double_behaves_as_without_kapatch(install, redis_server, monkeypatch):
+    without = _mock_connect(monkeypatch, redis_server)
+    assert without  # TCP_NODELAY, and on redis 8 its keepalive options
+    install()
+    with_kapatch = _mock_connect(monkeypatch, redis_server)
+    # The same writes (after connect instead of before: a double has no kernel to mind).
+    assert sorted(with_kapatch) == sorted(without)
+    assert counts("redis")["failed"] == 1
+
+
+class _ReadOnlyKeepalive(redis.Connection):
+    """A custom connection class whose socket_keepalive kapatch cannot switch off."""
+
+    @property  # type: ignore[override]
+    def socket_keepalive(self) -> bool:
+        return True
+
+    @socket_keepalive.setter
+    def socket_keepalive(self, value: object) -> None:
+        if "_set_once" in vars(self):  # redis's own __init__ sets it once; kapatch's write fails
+            raise AttributeError("read-only")
+        self._set_once = True
+
+
+def test_connection_kapatch_cannot_change_connects_as_without_kapatch(install, redis_server):
+    install(profile="fast-failover")
+    connection = _ReadOnlyKeepalive(host=redis_server.host, port=redis_server.port)
+    try:
+        connection.connect()  # no exception from kapatch
+        state = kapatch.inspect(connection._sock)
+    finally:
+        connection.disconnect()
+    # redis wrote its own options, as without kapatch; the socket then connected as any bare
+    # socket does (the socket adapter reads it: SO_KEEPALIVE, set by redis, and redis 8's
+    # 30/5/3 look chosen and stay; kernel-default timings get the policy).
+    assert state.enabled
+    if REDIS_VERSION >= (8,):
+        assert (state.idle, state.interval, state.count) == (30, 5, 3)
+    assert counts("redis")["failed"] == 1
+    assert counts("redis")["configured"] == 0
+    assert counts("socket")["configured"] + counts("socket")["respected"] == 1

@@ -8,20 +8,26 @@ anything applied at connect time. redis-py 8 turns keepalive on by default
 
 How the policy gets there, the same way for both clients: the wrapped ``_connect``
 runs with ``socket_keepalive`` switched off for its duration (so redis writes no
-keepalive option of its own) inside ``context.claim("redis", host, port)``, so the
-shared connect hook applies the *redis* policy (per-adapter override, rules matched
-on the host name redis knows and the IP it connects to) when the socket connects.
-Afterwards, if kapatch left the socket alone (a skip rule, a disabled policy, an
-explicit user setting in respect mode, or a failure), SO_KEEPALIVE is still off and
-redis's own keepalive writes are replayed with its own values: the connection is
-then exactly what redis-py would have made without kapatch.
+keepalive option of its own) inside ``context.claim("redis", host, port, chosen=...)``,
+so the shared connect hook applies the *redis* policy (per-adapter override, rules
+matched on the host name redis knows and the IP it connects to) to the fields the
+application did not choose. Afterwards the application's own values are replayed:
+its chosen fields the policy left alone, and any non-keepalive entry of
+``socket_keepalive_options`` (redis's own errors for invalid options stay redis's).
+Where kapatch left the socket alone altogether (a skip rule, a disabled policy, a
+failure, a socket the hook never saw), everything redis would have written is
+replayed: the connection is then exactly what redis-py makes without kapatch.
 
-"Explicit" is read from the connection's attributes: keepalive switched away from
-the library's default, or options that differ from the library's default options.
-A user who passes exactly redis-py 8's defaults (30/5/3) is therefore taken as
-using the default. Unix-socket connections are left alone (they never call
-``Connection._connect``). Not covered: an event loop that does not connect through
-``socket.socket.connect`` (uvloop): there redis's own settings stay.
+What the application chose (``kapatch._respect`` is the rule), per field:
+``socket_keepalive`` switched away from the library's default chooses ``enabled``
+(``False`` chooses the timings too); each keepalive entry of
+``socket_keepalive_options`` whose value differs from the library's default options
+chooses its field. ``None`` and empty options are "not given" (kombu's Redis transport
+passes ``socket_keepalive=None, socket_keepalive_options=None``). A user who passes
+exactly redis-py 8's defaults (30/5/3) is therefore taken as using the default.
+Unix-socket connections are left alone (they never call ``Connection._connect``).
+Not covered: an event loop that does not connect through ``socket.socket.connect``
+(uvloop): there redis's own settings stay.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import _socket
 import sys
 
 from .._records import record
-from .._respect import ALL_FIELDS, NOTHING
+from .._respect import NOTHING, TIMINGS, fields_written, keepalive_off, option_field
 from ._base import Adapter
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -38,12 +44,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from typing import Any, ClassVar
 
+    from ._base import Claim, Decision
     from ._context import AdapterContext
 
 __all__ = ["RedisAdapter"]
 
 _SYNC = "redis.connection"
 _ASYNC = "redis.asyncio.connection"
+_MISSING = object()
 
 
 @record
@@ -81,30 +89,57 @@ def _library_defaults(module: Any) -> _Defaults:
     return _Defaults(keepalive=bool(keepalive), options=resolved)
 
 
+def _chosen(keepalive: object, options: Mapping[int, object], defaults: _Defaults) -> frozenset[str]:
+    """The fields the application chose (``kapatch._respect``): library defaults and None are not."""
+    chosen: frozenset[str] = NOTHING
+    if keepalive is not None and bool(keepalive) != defaults.keepalive:
+        chosen = frozenset({"enabled"}) if keepalive else keepalive_off(NOTHING)
+    if not keepalive:
+        return chosen  # redis writes no option at all with keepalive off
+    for option, value in options.items():
+        field = option_field(_socket.IPPROTO_TCP, option)
+        if field is not None and defaults.options.get(option, _MISSING) != value:
+            chosen |= {field}
+    return chosen
+
+
 def _read_settings(connection: Any, defaults: _Defaults) -> _Settings:
     keepalive = connection.socket_keepalive
     options = dict(connection.socket_keepalive_options or {})
-    # None is what older clients pass for "not given" (redis.Redis in 5.x-7.x): not a choice.
-    switched = keepalive is not None and bool(keepalive) != defaults.keepalive
     port = connection.port
     return _Settings(
         host=connection.host,
         port=int(port) if port is not None else None,
         keepalive=keepalive,
         options=options,
-        chosen=ALL_FIELDS if switched or options != dict(defaults.options) else NOTHING,
+        chosen=_chosen(keepalive, options, defaults),
     )
 
 
-def _keepalive_on(sock: Any) -> bool:
-    return bool(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE))
+def _is_socket(sock: object) -> bool:
+    # asyncio hands out a TransportSocket, which forwards getsockopt/setsockopt.
+    return isinstance(sock, _socket.socket) or type(sock).__name__ == "TransportSocket"
 
 
-def _replay_redis_options(sock: Any, settings: _Settings) -> None:
-    """What redis-py's own ``_connect`` would have written (same calls, same order)."""
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+def _replay(sock: Any, settings: _Settings, policy_wrote: frozenset[str] | None) -> bool:
+    """Write the application's keepalive settings the policy did not replace; whether any timing was.
+
+    *policy_wrote* ``None``: kapatch left the socket alone, so everything redis-py's own
+    ``_connect`` would have written (same calls, same order), its defaults included.
+    """
+    if not settings.keepalive:
+        return False
+    if policy_wrote is None or "enabled" not in policy_wrote:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    timing = False
     for option, value in settings.options.items():
+        field = option_field(_socket.IPPROTO_TCP, option)
+        policy_owns = policy_wrote is not None and (field in policy_wrote or field not in settings.chosen)
+        if field is not None and policy_owns:
+            continue  # the policy's value, or a library default the policy replaces
         sock.setsockopt(_socket.IPPROTO_TCP, option, value)
+        timing = timing or field in TIMINGS
+    return timing
 
 
 class RedisAdapter(Adapter):
@@ -159,11 +194,11 @@ class RedisAdapter(Adapter):
             return wrapped(*args, **kwargs)
         context, settings = prepared
         try:
-            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen):
+            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen) as claim:
                 sock = wrapped(*args, **kwargs)
         finally:
             instance.socket_keepalive = settings.keepalive
-        self._replay_if_left_alone(context, settings, sock, sock.close)
+        self._finish(context, settings, claim, sock, sock.close)
         return sock
 
     async def _connect_async(
@@ -179,32 +214,55 @@ class RedisAdapter(Adapter):
             return await wrapped(*args, **kwargs)
         context, settings = prepared
         try:
-            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen):
+            with context.claim(self.name, settings.host, settings.port, chosen=settings.chosen) as claim:
                 result = await wrapped(*args, **kwargs)
         finally:
             instance.socket_keepalive = settings.keepalive
         writer: Any = getattr(instance, "_writer", None)
         if writer is not None:
-            sock = writer.transport.get_extra_info("socket")
-            self._replay_if_left_alone(context, settings, sock, writer.close)
+            try:
+                sock = writer.transport.get_extra_info("socket")
+            except Exception as error:  # a foreign transport: redis's writes are lost, as with uvloop
+                context.record_failure(self.name, "reading the transport's socket", error)
+            else:
+                self._finish(context, settings, claim, sock, writer.close)
         return result
 
-    def _replay_if_left_alone(
-        self, context: AdapterContext, settings: _Settings, sock: Any, close: Callable[[], object]
+    def _finish(
+        self,
+        context: AdapterContext,
+        settings: _Settings,
+        claim: Claim,
+        sock: Any,
+        close: Callable[[], object],
     ) -> None:
-        """Where kapatch left *sock* alone, write what redis-py itself would have written."""
-        if not settings.keepalive or sock is None or self._configured(context, sock):
+        """After connect: the application's values back where the policy did not write them.
+
+        An error writing the application's own values is redis's own error (invalid
+        options): the socket is closed and the error raised, as redis does.
+        """
+        if sock is None:
             return
+        decision = claim.decisions[-1] if claim.decisions else None
+        if decision is None and not _is_socket(sock):
+            # A test double or a custom connection's socket-like object: nothing kapatch can
+            # configure. Counted and logged once; redis's own writes follow as without kapatch.
+            context.record_failure(
+                self.name, "configuring a connection", TypeError(f"not a socket: {type(sock).__name__}")
+            )
+        wrote = self._policy_wrote(decision)
         try:
-            _replay_redis_options(sock, settings)
+            timing = _replay(sock, settings, wrote)
         except (OSError, TypeError):
             close()  # as redis does when the user's options are invalid
             raise
+        if timing and decision is not None and wrote:
+            # An "auto" user timeout follows the application's own timings, now on the socket.
+            context.reapply(sock, self.name, decision)
 
-    def _configured(self, context: AdapterContext, sock: Any) -> bool:
-        """Whether the connect hook put the policy on *sock* (it always switches SO_KEEPALIVE on)."""
-        try:
-            return _keepalive_on(sock)
-        except OSError as error:
-            context.record_failure(self.name, "reading SO_KEEPALIVE back", error)
-            return True  # nothing sane to replay onto a socket that cannot be read
+    @staticmethod
+    def _policy_wrote(decision: Decision | None) -> frozenset[str] | None:
+        """The fields the connect hook wrote on the socket, or ``None`` if it left it alone."""
+        if decision is None or decision.action == "skip" or decision.policy is None:
+            return None
+        return fields_written(decision.policy) - decision.kept
