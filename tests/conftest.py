@@ -11,12 +11,14 @@ from servers import (
     HttpProxy,
     HttpServer,
     HttpsServer,
+    MariadbServer,
     PostgresServer,
     RedisServer,
     ipv6_loopback_available,
     start_http_proxy,
     start_http_server,
     start_https_server,
+    start_mariadb,
     start_postgres,
     start_redis,
 )
@@ -37,6 +39,13 @@ def redis_server() -> Iterator[RedisServer]:
 def postgres_server() -> Iterator[PostgresServer]:
     """Private PostgreSQL, trust auth: .host, .port, .pid, .dsn, .url, .user, .dbname."""
     with start_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariadbServer]:
+    """Private MariaDB, root without a password over TCP: .host, .port, .pid, .kwargs, .url, .socket_path."""
+    with start_mariadb() as server:
         yield server
 
 
