@@ -141,6 +141,19 @@ def test_async_connection(install: Any, postgres_server: Any) -> None:
         conn.close()
 
 
+def test_green_wait_callback(install: Any, postgres_server: Any) -> None:
+    """psycogreen only installs a wait callback (psycopg2.extensions.set_wait_callback); the
+    connection still goes through psycopg2.connect. psycopg2's own wait_select stands in for it."""
+    install(**SETTINGS)
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        assert psycopg2.extensions.get_wait_callback() is psycopg2.extras.wait_select
+        assert connect_state(postgres_server.dsn) == WANTED
+    finally:
+        psycopg2.extensions.set_wait_callback(None)
+    assert counts() == zero(configured=1)
+
+
 def test_psycopg2_pool(install: Any, postgres_server: Any) -> None:
     install(**SETTINGS)
     pool = psycopg2.pool.ThreadedConnectionPool(2, 3, postgres_server.dsn, application_name="kapatch-test")
