@@ -1,4 +1,4 @@
-"""The mysqlclient adapter (MySQLdb, SQLAlchemy mysql+mysqldb) against a real private MariaDB.
+"""The mysqlclient adapter (MySQLdb, SQLAlchemy mysql+mysqldb, Django mysql) against a real private MariaDB.
 
 libmariadb connects in C; the adapter configures the socket right after
 ``Connection.__init__`` returns. Every assertion reads the options back from the live
@@ -218,6 +218,42 @@ def test_imported_after_install(mariadb_server: Any) -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["waiting"] == "waiting for import of MySQLdb.connections"
+    assert out["state"] == [True, 13, 3, 4, 25000]
+    assert out["counts"]["configured"] == 1
+
+
+def test_django_mysql_backend(mariadb_server: Any) -> None:
+    server = mariadb_server
+    script = textwrap.dedent(
+        f"""
+        import json, os, socket
+        import kapatch
+        kapatch.install(environ={{}}, idle="13s", interval="3s", count=4)
+        import django
+        from django.conf import settings
+        settings.configure(DATABASES={{"default": {{
+            "ENGINE": "django.db.backends.mysql", "HOST": {server.host!r}, "PORT": {server.port},
+            "USER": {server.user!r}, "NAME": "mysql",
+        }}}})
+        django.setup()
+        from django.db import connection
+        with connection.cursor() as cursor:
+            cursor.execute("select 1")
+            assert cursor.fetchone() == (1,)
+        dup = socket.socket(fileno=os.dup(connection.connection.fileno()))
+        s = kapatch.inspect(dup)
+        dup.close()
+        print(json.dumps({{"state": [s.enabled, s.idle, s.interval, s.count, s.user_timeout_ms],
+                           "counts": dict(kapatch.status().adapter("mysqlclient").counts)}}))
+        connection.close()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["state"] == [True, 13, 3, 4, 25000]
     assert out["counts"]["configured"] == 1
 
