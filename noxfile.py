@@ -1,8 +1,8 @@
 """Version matrix: `nox -s oldest newest` (scripts/test runs both).
 
 oldest: the oldest supported Python and client libraries (urllib3 1.26, redis-py 5.0,
-psycopg 3.1); newest: the newest Python here with the newest releases. The dead-peer
-lab runs once, in the main suite, not per version.
+psycopg 3.1, psycopg2 2.9.1, mysqlclient 2.1); newest: the newest Python here with the
+newest releases. The dead-peer lab runs once, in the main suite, not per version.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ TEST_DEPS = [
     "PySocks>=1.7",
     "gunicorn>=21",
     "build>=1.2",  # tests/test_packaging.py builds the sdist and wheel
+    "sqlalchemy>=2",
+    "django>=4.2",
 ]
 OLDEST = [
     "urllib3==1.26.*",
@@ -30,6 +32,8 @@ OLDEST = [
     "psycopg[binary]==3.1.*",
     "psycopg-pool==3.2.*",
     "httpx==0.25.*",
+    "psycopg2-binary==2.9.1",  # the first 2.9 with Python 3.10 wheels
+    "mysqlclient==2.1.*",  # built from source: scripts/install-system-deps installs libmariadb-dev
     "wrapt==1.14.*",
     "tomli==1.1.*",
 ]

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from integrations.labservers import HTTP_PORT, PG_PORT, REDIS_PORT
+from integrations.labservers import HTTP_PORT, MARIADB_PORT, PG_PORT, REDIS_PORT
 from integrations.netlab import LAB_ADDR
 
 SITUATIONS = ("keepalive", "user-timeout", "respect")
@@ -359,6 +359,46 @@ class PsycopgPool(Scenario):
             return conn.execute("SELECT pg_sleep(3600)").fetchone()
 
 
+class Psycopg2(Scenario):
+    def warm(self) -> None:
+        import psycopg2
+
+        self.conn = psycopg2.connect(PG_CONNINFO, **(USER_LIBPQ_OPTS if self.respect else {}))
+        self.conn.autocommit = True
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+
+    def block(self) -> Any:
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(3600)")
+            return cursor.fetchone()
+
+
+class Mysqlclient(Scenario):
+    def warm(self) -> None:
+        import MySQLdb
+
+        # No read timeout (mysqlclient's default): a long query waits as long as it takes.
+        self.conn = MySQLdb.connect(host=LAB_ADDR, port=MARIADB_PORT, user="kplab", connect_timeout=10)
+        if self.respect:
+            # mysqlclient has no keepalive option: an application sets them on its socket,
+            # after connect, so over what kapatch wrote. It sets its user timeout too (its
+            # own bound): a user timeout left from before would cut its probes short.
+            with socket.socket(fileno=os.dup(self.conn.fileno())) as sock:
+                for level, opt, val in USER_SOCKOPTS:
+                    sock.setsockopt(level, opt, val)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_BOUND * 1000)
+        cursor = self.conn.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+    def block(self) -> Any:
+        cursor = self.conn.cursor()
+        cursor.execute("SELECT SLEEP(3600)")
+        return cursor.fetchone()
+
+
 CLIENTS: dict[str, type[Scenario]] = {
     "raw-socket": RawSocket,
     "asyncio-streams": AsyncioStreams,
@@ -370,7 +410,11 @@ CLIENTS: dict[str, type[Scenario]] = {
     "psycopg-sync": PsycopgSync,
     "psycopg-async": PsycopgAsync,
     "psycopg-pool": PsycopgPool,
+    "psycopg2": Psycopg2,
+    "mysqlclient": Mysqlclient,
 }
+MARIADB_CLIENTS = frozenset({"mysqlclient"})
+"""Clients that need the lab's MariaDB (started only when one of them runs)."""
 
 
 # ---------------------------------------------------------------- driver

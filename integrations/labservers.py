@@ -1,4 +1,5 @@
-"""Real servers inside the lab namespace: an HTTP server, redis-server and PostgreSQL.
+"""Real servers inside the lab namespace: an HTTP server, redis-server, PostgreSQL, and MariaDB
+(only when a client that needs it runs).
 
 Each is started with `ip netns exec`, listens on the lab address only, and is stopped by
 the pid this module started (SIGTERM, then SIGKILL after a bounded wait).
@@ -24,6 +25,7 @@ from integrations.netlab import LAB_ADDR, LabError, LabUnavailable, ns_cmd, run
 HTTP_PORT = 8080
 REDIS_PORT = 6379
 PG_PORT = 5432
+MARIADB_PORT = 3306
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 TMP_PREFIX = "kplab-run-"
@@ -65,6 +67,14 @@ def missing_servers() -> str | None:
     return "missing: " + ", ".join(missing) if missing else None
 
 
+def mariadb_binaries() -> tuple[str, str] | None:
+    """(mariadbd, mariadb-install-db), or None when MariaDB's server is not installed."""
+    fallback = "/usr/sbin/mariadbd" if os.access("/usr/sbin/mariadbd", os.X_OK) else None
+    server = shutil.which("mariadbd") or fallback
+    install_db = shutil.which("mariadb-install-db")
+    return (server, install_db) if server and install_db else None
+
+
 def _connects(port: int) -> bool:
     try:
         with socket.create_connection((LAB_ADDR, port), timeout=0.5):
@@ -91,10 +101,22 @@ def _http_ok() -> bool:
     return _answers(HTTP_PORT, b"GET /ok HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200")
 
 
+def _mariadb_greets() -> bool:
+    """MariaDB speaks first: its handshake packet, protocol version 10 after the 4-byte header."""
+    try:
+        with socket.create_connection((LAB_ADDR, MARIADB_PORT), timeout=0.5) as s:
+            greeting = s.recv(128)
+    except OSError:
+        return False
+    return len(greeting) > 4 and greeting[4] == 10
+
+
 @dataclass
 class LabServers:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tmpdir: Path | None = None
+    mariadb: bool = False
+    """Start MariaDB too (the mysqlclient client needs it)."""
 
     def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
         with open(log, "wb") as fh:
@@ -118,6 +140,8 @@ class LabServers:
 
     def start(self) -> None:
         reason = missing_servers()
+        if reason is None and self.mariadb and mariadb_binaries() is None:
+            reason = "missing: MariaDB server (apt-get install -y mariadb-server)"
         if reason:
             raise LabUnavailable(reason)
         sweep_stale_tmpdirs()
@@ -126,6 +150,36 @@ class LabServers:
         self._start_http()
         self._start_redis()
         self._start_postgres()
+        if self.mariadb:
+            self._start_mariadb()
+
+    def _start_mariadb(self) -> None:
+        assert self.tmpdir is not None
+        found = mariadb_binaries()
+        assert found is not None
+        server, install_db = found
+        root = self.tmpdir / "mariadb"
+        root.mkdir()
+        data = root / "data"
+        run([install_db, "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db",
+             "--skip-name-resolve"], timeout=60)  # fmt: skip
+        log = root / "mariadb.log"
+        cmd = [
+            server, "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={root / 'mariadb.sock'}",
+            f"--pid-file={root / 'mariadb.pid'}",
+            f"--bind-address={LAB_ADDR}",
+            f"--port={MARIADB_PORT}",
+            "--user=root",
+            # Lab only: any user, no password (the namespace holds nothing else).
+            "--skip-grant-tables",
+            "--skip-name-resolve",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=16M",
+        ]  # fmt: skip
+        self._spawn("mariadb", cmd, log)
+        self._wait("mariadb", _mariadb_greets, log)
 
     def _start_http(self) -> None:
         assert self.tmpdir is not None

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from integrations.client import CLIENTS, SITUATIONS, USER_BOUND
+from integrations.client import CLIENTS, MARIADB_CLIENTS, SITUATIONS, USER_BOUND
 from integrations.labservers import HTTP_PORT, REPO_ROOT, LabServers, clean_env
 from integrations.netlab import LAB_ADDR, TestHost, firewall_backend, leftovers, preflight
 
@@ -441,7 +441,7 @@ def run_lab(
     previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGHUP)}
     # Also when started with SIGINT ignored (e.g. `cmd &` in a script): Ctrl-C still cleans up.
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    host, servers = TestHost(), LabServers()
+    host, servers = TestHost(), LabServers(mariadb=not MARIADB_CLIENTS.isdisjoint(clients))
     t0 = time.monotonic()
     batches: list[Batch] = []
     try:
@@ -449,7 +449,8 @@ def run_lab(
         servers.start()
         assert servers.tmpdir is not None
         logdir = str(servers.tmpdir)
-        log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} (http, redis, postgresql)")
+        up = "http, redis, postgresql" + (", mariadb" if servers.mariadb else "")
+        log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} ({up})")
         for situation in situations:
             batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))
         # Collect while the client logs still exist.

@@ -3,7 +3,7 @@
 The child imports each installed client library, installs the policy, and makes one
 real loopback connection through each client to a tiny listener of its own that
 speaks just enough of the protocol for the client to finish connecting (HTTP/1.1,
-RESP, the PostgreSQL startup handshake). It then reads the options back from the
+RESP, the PostgreSQL startup handshake, the MySQL handshake). It then reads the options back from the
 client's own socket with :func:`kapatch.inspect`: what it reports as verified was
 read from the kernel, never inferred from what kapatch meant to do.
 
@@ -162,6 +162,40 @@ def _serve_postgres(conn: socket.socket) -> None:
             conn.sendall(_pg_message(b"I", b"") + _pg_message(b"Z", b"I"))
 
 
+def _mysql_packet(sequence: int, payload: bytes) -> bytes:
+    return struct.pack("<I", len(payload))[:3] + bytes([sequence]) + payload
+
+
+_MYSQL_OK = b"\x00\x00\x00" + struct.pack("<HH", 2, 0)  # OK: 0 rows, id 0, autocommit on, 0 warnings
+
+
+def _serve_mysql(conn: socket.socket) -> None:
+    """The MySQL handshake (any user, no password), then OK to every query until COM_QUIT."""
+    # Capabilities: LONG_PASSWORD, CONNECT_WITH_DB, PROTOCOL_41, TRANSACTIONS,
+    # SECURE_CONNECTION, PLUGIN_AUTH; no SSL, so the client goes on in clear text.
+    capabilities = 0x1 | 0x8 | 0x200 | 0x2000 | 0x8000 | 0x80000
+    salt = b"kapatch-selftest-20b"[:20]
+    greeting = (
+        b"\x0a" + b"5.5.5-10.11.0-kapatch-selftest\x00" + struct.pack("<I", os.getpid() & 0xFFFF)
+        + salt[:8] + b"\x00" + struct.pack("<H", capabilities & 0xFFFF) + b"\x2d"
+        + struct.pack("<H", 2) + struct.pack("<H", capabilities >> 16) + bytes([21]) + b"\x00" * 10
+        + salt[8:] + b"\x00" + b"mysql_native_password\x00"
+    )  # fmt: skip
+    conn.sendall(_mysql_packet(0, greeting))
+    stream = conn.makefile("rb")
+    header = stream.read(4)  # the client's handshake response: accept whatever it sends
+    stream.read(int.from_bytes(header[:3], "little"))
+    conn.sendall(_mysql_packet(header[3] + 1, _MYSQL_OK))
+    for _ in range(100):
+        header = stream.read(4)
+        if len(header) < 4:
+            return
+        command = stream.read(int.from_bytes(header[:3], "little"))
+        if command[:1] in (b"", b"\x01"):  # COM_QUIT
+            return
+        conn.sendall(_mysql_packet(header[3] + 1, _MYSQL_OK))
+
+
 # --- one client each: connect for real, return the client's own socket -------------------------
 @contextlib.contextmanager
 def _raw_socket(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
@@ -229,6 +263,37 @@ def _psycopg(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
                 dup,
                 f"psycopg.connect (startup handshake done), libpq socket; libpq parameters: {described}",
             )
+
+
+_LIBPQ_KEEPALIVE = (
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _psycopg2(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
+    import psycopg2
+
+    conn = psycopg2.connect(_PG_CONNINFO.format(port=port, timeout=max(2, int(timeout))))
+    try:
+        params = conn.info.dsn_parameters
+        described = ", ".join(f"{k}={params.get(k) or '(unset)'}" for k in _LIBPQ_KEEPALIVE)
+        with socket.socket(fileno=os.dup(conn.fileno())) as dup:
+            yield dup, f"psycopg2.connect (handshake done), libpq socket; libpq parameters: {described}"
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _mysqlclient(port: int, timeout: float) -> Iterator[tuple[socket.socket, str]]:
+    import MySQLdb
+
+    conn = MySQLdb.connect(host="127.0.0.1", port=port, user="kapatch", connect_timeout=max(2, int(timeout)))
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as dup:
+            yield dup, "MySQLdb.connect (handshake done), the connection's fileno()"
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager
@@ -343,6 +408,8 @@ _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ..
     "asyncio": (None, _serve_http, _asyncio_socket, ("socket",)),
     "redis.asyncio": ("redis", _serve_resp, _redis_asyncio, ("redis", "socket")),
     "psycopg.async": ("psycopg", _serve_postgres, _psycopg_async, ("psycopg",)),
+    "psycopg2": ("psycopg2", _serve_postgres, _psycopg2, ("psycopg2",)),
+    "mysqlclient": ("MySQLdb.connections", _serve_mysql, _mysqlclient, ("mysqlclient",)),
     "httpx": ("httpx", _serve_http, _httpx, ("httpx", "socket")),
     "httpx.async": ("httpx", _serve_http, _httpx_async, ("httpx", "socket")),
 }

@@ -11,6 +11,7 @@ from servers import (
     HttpProxy,
     HttpServer,
     HttpsServer,
+    MariadbServer,
     PostgresServer,
     RabbitServer,
     RedisServer,
@@ -18,6 +19,7 @@ from servers import (
     start_http_proxy,
     start_http_server,
     start_https_server,
+    start_mariadb,
     start_postgres,
     start_rabbitmq,
     start_redis,
@@ -46,6 +48,13 @@ def postgres_server() -> Iterator[PostgresServer]:
 def rabbitmq_server() -> Iterator[RabbitServer]:
     """Private RabbitMQ node (guest/guest, no plugins): .host, .port, .pid, .url."""
     with start_rabbitmq() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariadbServer]:
+    """Private MariaDB, root without a password over TCP: .host, .port, .pid, .kwargs, .url, .socket_path."""
+    with start_mariadb() as server:
         yield server
 
 

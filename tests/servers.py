@@ -55,7 +55,7 @@ from typing import ClassVar, TypeVar
 
 LOOPBACK_V4 = "127.0.0.1"
 LOOPBACK_V6 = "::1"
-SYSTEM_PORTS = frozenset({6379, 5432})
+SYSTEM_PORTS = frozenset({6379, 5432, 3306})
 """Ports of the machine's own services: never handed out by :func:`free_port`."""
 MAX_SLOW_SECONDS = 30.0
 """Upper bound of ``/slow?seconds=N`` on the test HTTP server."""
@@ -126,6 +126,24 @@ class PostgresServer(_Handle):
     @property
     def url(self) -> str:
         return f"postgresql://{self.user}@{_url_host(self.host)}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class MariadbServer(_Handle):
+    """A private MariaDB server on 127.0.0.1: user ``root`` without a password over TCP."""
+
+    socket_path: Path
+    user: str = "root"
+
+    @property
+    def kwargs(self) -> dict[str, object]:
+        """``MySQLdb.connect(**server.kwargs)`` over TCP."""
+        return {"host": self.host, "port": self.port, "user": self.user}
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL for the mysqlclient driver."""
+        return f"mysql+mysqldb://{self.user}@{self.host}:{self.port}/mysql"
 
 
 @dataclass(frozen=True)
@@ -512,6 +530,84 @@ def start_postgres(*, bindir: Path | None = None, startup_timeout: float = 60.0)
         socket_dir=base,
         version=version,
     )
+
+
+# --------------------------------------------------------------------------- mariadb
+
+
+def mariadb_binaries() -> tuple[Path, Path]:
+    """(mariadbd, mariadb-install-db): the server and the datadir initialiser."""
+    server = shutil.which("mariadbd") or next(
+        (p for p in ("/usr/sbin/mariadbd", "/usr/libexec/mariadbd") if os.access(p, os.X_OK)), None
+    )
+    install_db = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if server is None or install_db is None:
+        raise ServerStartError("MariaDB server binaries not found: run scripts/install-system-deps")
+    return Path(server), Path(install_db)
+
+
+def _mariadb_greets(host: str, port: int) -> bool:
+    """The server's first packet is its handshake: protocol version 10 after the 4-byte header."""
+    try:
+        with _connect_unobserved(host, port, timeout=1.0) as s:
+            greeting = s.recv(128)
+    except OSError:
+        return False
+    return len(greeting) > 4 and greeting[4] == 10
+
+
+def start_mariadb(*, startup_timeout: float = 60.0) -> MariadbServer:
+    """Start a private MariaDB server: loopback only, free port, root without a password.
+
+    ``mariadb-install-db --no-defaults`` makes a fresh datadir in a ``/tmp/kapatch-mariadb-*``
+    directory (``--auth-root-authentication-method=normal``: root@127.0.0.1 with no password),
+    then ``mariadbd --no-defaults`` runs on it as the current user (``--user=root`` when we are
+    root; mariadbd refuses root otherwise), its Unix socket and log in the same directory,
+    removed on stop. Ready when it sends its handshake on 127.0.0.1. No binary log, a small
+    buffer pool.
+    """
+    server, install_db = mariadb_binaries()
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    base = Path(tempfile.mkdtemp(prefix="kapatch-mariadb-"))
+    datadir, sock, log = base / "data", base / "mariadb.sock", base / "mariadb.log"
+
+    def cleanup() -> None:
+        shutil.rmtree(base, ignore_errors=True)
+
+    try:
+        subprocess.run(
+            [str(install_db), "--no-defaults", f"--datadir={datadir}", f"--user={user}",
+             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+            cwd=base, capture_output=True, text=True, check=True, timeout=startup_timeout,
+        )  # fmt: skip
+    except subprocess.CalledProcessError as exc:
+        cleanup()
+        raise ServerStartError(f"mariadb-install-db failed:\n{exc.stdout}\n{exc.stderr}") from exc
+
+    for _ in range(START_ATTEMPTS):
+        port = free_port(ipv6=False)
+        command = [
+            str(server), "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
+            f"--port={port}", f"--bind-address={LOOPBACK_V4}", f"--user={user}",
+            f"--pid-file={base / 'mariadb.pid'}", f"--log-error={log}", f"--tmpdir={base}",
+            "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=16M",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            command, cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if _wait_until(functools.partial(_mariadb_greets, LOOPBACK_V4, port), proc, startup_timeout):
+            break
+        _terminate(proc, signal.SIGTERM, 15)
+    else:
+        tail = _log_tail(log)
+        cleanup()
+        raise ServerStartError(f"mariadbd did not start:\n{tail}")
+
+    def stop() -> None:
+        _terminate(proc, signal.SIGTERM, 20)  # SIGTERM: a normal shutdown
+        cleanup()
+
+    return MariadbServer(host=LOOPBACK_V4, port=port, pid=proc.pid, _stopper=_once(stop), socket_path=sock)
 
 
 # --------------------------------------------------------------------------- http

@@ -26,6 +26,7 @@ import pytest
 
 import kapatch
 from kapatch import KeepaliveState, Policy, Rule
+from kapatch.adapters._libpq import chosen_in_parameters
 from kapatch.adapters.psycopg import PsycopgAdapter, libpq_destination, libpq_parameters, service_parameters
 from kapatch.profiles import PROFILES
 from kapatch.rules import Destination
@@ -94,6 +95,43 @@ def test_parameters_for_os_timings_and_for_an_old_libpq() -> None:
     assert libpq_parameters(PROFILES["os-default"].policy) == {"keepalives": 1}
     assert "tcp_user_timeout" not in libpq_parameters(POLICY, user_timeout_supported=False)
     assert "tcp_user_timeout" not in libpq_parameters(POLICY.evolve(user_timeout="off"))
+
+
+def test_parameters_leave_the_kept_fields_to_the_application() -> None:
+    """Field by field: a kept field's parameter is left out; an auto user timeout spans the
+    application's own timings where it kept them, not the policy's."""
+    given = {"keepalives_idle": "30"}
+    assert libpq_parameters(POLICY, kept=frozenset({"idle"}), given=given) == {
+        "keepalives": 1,
+        "keepalives_interval": 3,
+        "keepalives_count": 4,
+        "tcp_user_timeout": (30 + 3 * 4) * 1000,
+    }
+    given = {"keepalives_idle": "30", "keepalives_interval": "2", "keepalives_count": "5"}
+    kept = frozenset({"idle", "interval", "count"})
+    assert libpq_parameters(POLICY, kept=kept, given=given) == {"keepalives": 1, "tcp_user_timeout": 40000}
+    # keepalive off: libpq sets no user timeout on such a socket, so none is passed.
+    off = frozenset({"enabled", "idle", "interval", "count"})
+    assert libpq_parameters(POLICY, kept=off, given={"keepalives": "0"}) == {}
+    assert libpq_parameters(POLICY, kept=frozenset({"user_timeout"}), given={}) == {
+        "keepalives": 1, "keepalives_idle": 11, "keepalives_interval": 3, "keepalives_count": 4,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "chosen"),
+    [
+        ({}, set()),
+        ({"keepalives": None, "keepalives_idle": ""}, set()),  # None and empty are "not given"
+        ({"keepalives_idle": "30"}, {"idle"}),
+        ({"keepalives": "1"}, {"enabled"}),
+        ({"keepalives": "0"}, {"enabled", "idle", "interval", "count", "user_timeout"}),
+        ({"tcp_user_timeout": 0}, {"user_timeout"}),
+        ({"keepalives_interval": 2, "keepalives_count": 3}, {"interval", "count"}),
+    ],
+)
+def test_chosen_fields_from_parameters(params: dict[str, object], chosen: set[str]) -> None:
+    assert chosen_in_parameters(params) == chosen
 
 
 @pytest.mark.parametrize(
@@ -285,8 +323,11 @@ def test_service_file_keepalive_is_explicit(
     path = write_service_file(tmp_path / "pg_service.conf", postgres_server, "keepalives_idle=36")
     monkeypatch.setenv("PGSERVICEFILE", str(path))
     install(idle="11s", interval="3s", count=4)
-    assert connect_state("service=kapatch_test").idle == 36
-    assert counts()["respected"] == 1
+    # Field by field (was: all left alone, "respected"): the file's idle is kept, the
+    # fields it does not set get the policy, the auto user timeout spans 36 + 3 * 4 s.
+    assert connect_state("service=kapatch_test") == KeepaliveState(True, 36, 3, 4, 48000)
+    assert counts()["configured"] == 1
+    assert kapatch.status().adapter("psycopg").kept == {"idle": 1}
 
 
 def test_service_parameters_lookup(tmp_path: Path) -> None:
@@ -313,20 +354,42 @@ def test_respect_mode_keeps_explicit_idle_in_conninfo(
     assert connect_state(f"{postgres_server.dsn} keepalives_idle=33").idle == 33
     url = f"{postgres_server.url}?keepalives_idle=34"
     found = connect_state(url)
-    assert found == KeepaliveState(True, 34, libpq_default.interval, libpq_default.count, 0)
-    assert counts()["respected"] == 2
+    # Field by field (was: libpq's interval/count and no user timeout, "respected"): only the
+    # idle is the application's; interval and count are the policy's, and the auto user timeout
+    # spans the application's idle: 34 + 3 * 4 s.
+    assert found == KeepaliveState(True, 34, 3, 4, 46000)
+    assert (found.interval, found.count) != (libpq_default.interval, libpq_default.count)
+    assert counts() == {"configured": 2, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
+
+
+def test_respect_mode_keeps_every_field_the_application_gave(install: Install, postgres_server: Any) -> None:
+    """All five given: nothing left for the policy, the connection is counted as respected."""
+    install(idle="11s", interval="3s", count=4)
+    dsn = (f"{postgres_server.dsn} keepalives=1 keepalives_idle=31 keepalives_interval=2 "
+           "keepalives_count=6 tcp_user_timeout=7000")  # fmt: skip
+    assert connect_state(dsn) == KeepaliveState(True, 31, 2, 6, 7000)
+    assert counts() == {"configured": 0, "respected": 1, "skipped": 0, "failed": 0, "uncovered": 0}
 
 
 def test_respect_mode_keeps_explicit_kwargs(install: Install, postgres_server: Any) -> None:
     install(idle="11s", interval="3s", count=4)
     assert connect_state(postgres_server.dsn, keepalives_idle=35).idle == 35
+    # keepalives=0 chooses every field: libpq sets tcp_user_timeout only together with
+    # keepalive, so no parameter could give this connection the policy's user timeout.
+    off = connect_state(postgres_server.dsn, keepalives=0, tcp_user_timeout=9000)
+    assert (off.enabled, off.user_timeout_ms) == (False, 0)
     assert not connect_state(postgres_server.dsn, keepalives=0).enabled
     with psycopg_pool.ConnectionPool(
         postgres_server.dsn, min_size=1, max_size=1, kwargs={"tcp_user_timeout": 4000}
     ) as pool, pool.connection() as conn:  # fmt: skip
         assert state(conn).user_timeout_ms == 4000
-        assert state(conn).idle != 11
-    assert counts() == {"configured": 0, "respected": 3, "skipped": 0, "failed": 0, "uncovered": 0}
+        # Field by field (was: idle != 11, libpq's default): the timings nobody chose get the policy.
+        assert state(conn) == KeepaliveState(True, 11, 3, 4, 4000)
+    assert connect_state(postgres_server.dsn, keepalives_idle=35) == KeepaliveState(True, 35, 3, 4, 47000)
+    assert counts() == {"configured": 3, "respected": 2, "skipped": 0, "failed": 0, "uncovered": 0}
+    assert kapatch.status().adapter("psycopg").kept == {
+        "idle": 4, "enabled": 2, "interval": 2, "count": 2, "user_timeout": 3,
+    }  # fmt: skip
 
 
 def test_override_mode_replaces_explicit_settings(install: Install, postgres_server: Any) -> None:
@@ -461,9 +524,13 @@ def test_status_counters_move(install: Install, postgres_server: Any) -> None:
     install(idle="11s", interval="3s", count=4, rules=[Rule.build("localhost", skip=True)])
     assert counts() == {"configured": 0, "respected": 0, "skipped": 0, "failed": 0, "uncovered": 0}
     connect_state(postgres_server.dsn)
-    connect_state(postgres_server.dsn, keepalives_idle=40)
+    connect_state(postgres_server.dsn, keepalives_idle=40)  # idle kept, the rest configured
+    connect_state(  # every field the application's: respected
+        postgres_server.dsn, keepalives=1, keepalives_idle=40, keepalives_interval=2, keepalives_count=3,
+        tcp_user_timeout=5000,
+    )  # fmt: skip
     connect_state(f"host=localhost port={postgres_server.port} user={postgres_server.user}")
-    assert counts() == {"configured": 1, "respected": 1, "skipped": 1, "failed": 0, "uncovered": 0}
+    assert counts() == {"configured": 2, "respected": 1, "skipped": 1, "failed": 0, "uncovered": 0}
     entry = kapatch.status().adapter("psycopg")
     assert entry.enabled
     assert entry.policy == POLICY
@@ -485,7 +552,7 @@ def test_a_failure_inside_the_adapter_never_stops_the_connection(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr("kapatch.adapters.psycopg.libpq_destination", broken)
+    monkeypatch.setattr("kapatch.adapters._libpq.libpq_destination", broken)
     install(idle="11s", interval="3s", count=4)
     assert connect_state(postgres_server.dsn) == libpq_default
     assert counts()["failed"] == 1

@@ -83,6 +83,9 @@ def test_doctor_passes_here_and_reads_every_client_back_from_the_kernel() -> Non
     }  # fmt: skip
     if importlib.util.find_spec("httpx") is not None:
         owners.update({"httpx": "httpx", "httpx.async": "httpx"})
+    for client, module in (("psycopg2", "psycopg2"), ("mysqlclient", "MySQLdb")):
+        if importlib.util.find_spec(module) is not None:
+            owners[client] = client
     assert {client: check["owner"] for client, check in checks.items()} == owners
     for client, check in checks.items():
         assert check["verified"], check

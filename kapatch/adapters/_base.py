@@ -86,6 +86,9 @@ class Adapter(abc.ABC):
     """Short name used in settings: ``KAPATCH_<NAME>_IDLE``, ``[name]`` in TOML."""
     distribution: ClassVar[str | None] = None
     """The PyPI distribution whose version decides support; ``None`` for the stdlib."""
+    alternative_distributions: ClassVar[tuple[str, ...]] = ()
+    """Other distributions that install the same modules (``psycopg2-binary`` for ``psycopg2``):
+    the first of :attr:`distribution` and these that is installed gives the version."""
     modules: ClassVar[tuple[str, ...]] = ()
     """Modules to patch, each when it is first imported."""
     minimum_version: ClassVar[tuple[int, ...]] = ()
@@ -104,11 +107,21 @@ class Adapter(abc.ABC):
         self.context: AdapterContext | None = None
 
     @classmethod
-    def installed_version(cls) -> str | None:
-        """The library's version from its metadata, without importing it; ``None`` if absent."""
+    def installed_distribution(cls) -> tuple[str, str] | None:
+        """(distribution, version) of the first installed of :attr:`distribution` and its alternatives."""
         if cls.distribution is None:
             return None
-        return _installed_version(cls.distribution)
+        for name in (cls.distribution, *cls.alternative_distributions):
+            version = _installed_version(name)
+            if version is not None:
+                return name, version
+        return None
+
+    @classmethod
+    def installed_version(cls) -> str | None:
+        """The library's version from its metadata, without importing it; ``None`` if absent."""
+        found = cls.installed_distribution()
+        return None if found is None else found[1]
 
     @classmethod
     def supported_range(cls) -> str:
@@ -121,12 +134,14 @@ class Adapter(abc.ABC):
         """Why this adapter cannot be enabled here, or ``None``."""
         if cls.distribution is None:
             return None
-        version = cls.installed_version()
-        if version is None:
-            return f"{cls.distribution} is not installed"
+        found = cls.installed_distribution()
+        if found is None:
+            names = " or ".join((cls.distribution, *cls.alternative_distributions))
+            return f"{names} is not installed"
+        name, version = found
         parsed = version_tuple(version)
         if parsed < cls.minimum_version or (cls.below_version and parsed >= cls.below_version):
-            return f"{cls.distribution} {version} is not supported (supported: {cls.supported_range()})"
+            return f"{name} {version} is not supported (supported: {cls.supported_range()})"
         return None
 
     def enable(self, context: AdapterContext) -> None:
