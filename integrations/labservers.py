@@ -1,4 +1,4 @@
-"""Real servers inside the lab namespace: an HTTP server, redis-server and PostgreSQL.
+"""Real servers inside the lab namespace: an HTTP server, redis-server, PostgreSQL and gRPC.
 
 Each is started with `ip netns exec`, listens on the lab address only, and is stopped by
 the pid this module started (SIGTERM, then SIGKILL after a bounded wait).
@@ -24,6 +24,7 @@ from integrations.netlab import LAB_ADDR, LabError, LabUnavailable, ns_cmd, run
 HTTP_PORT = 8080
 REDIS_PORT = 6379
 PG_PORT = 5432
+GRPC_PORT = 50051
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 TMP_PREFIX = "kplab-run-"
@@ -126,6 +127,7 @@ class LabServers:
         self._start_http()
         self._start_redis()
         self._start_postgres()
+        self._start_grpc()
 
     def _start_http(self) -> None:
         assert self.tmpdir is not None
@@ -149,6 +151,13 @@ class LabServers:
         ]  # fmt: skip
         self._spawn("redis", cmd, log)
         self._wait("redis", _redis_pong, log)
+
+    def _start_grpc(self) -> None:
+        assert self.tmpdir is not None
+        log = self.tmpdir / "grpc.log"
+        cmd = [sys.executable, "-m", "integrations.grpcserver", LAB_ADDR, str(GRPC_PORT)]
+        self._spawn("grpc", cmd, log)
+        self._wait("grpc", lambda: _connects(GRPC_PORT), log)
 
     def _start_postgres(self) -> None:
         assert self.tmpdir is not None

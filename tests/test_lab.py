@@ -41,6 +41,8 @@ CLIENTS = [
     "psycopg-sync",
     "psycopg-async",
     "psycopg-pool",
+    "grpc",
+    "grpc-aio",
 ]
 
 
