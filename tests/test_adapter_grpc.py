@@ -157,6 +157,7 @@ def test_options_from_policy_and_choices() -> None:
     assert channel_options(policy, specific=True) == {
         "grpc.keepalive_time_ms": 11000,
         "grpc.keepalive_timeout_ms": 12000,
+        "grpc.http2.ping_timeout_ms": 12000,
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 0,
     }
@@ -402,3 +403,44 @@ def test_supported_versions() -> None:
 def test_asyncio_is_not_blocked() -> None:
     """The aio wrapper returns the channel object directly (no coroutine is introduced)."""
     assert not asyncio.iscoroutinefunction(grpc.aio.insecure_channel)
+
+
+# --- what HTTP/2 PINGs see that TCP keepalive does not: a stopped peer process --------
+
+
+def test_pings_catch_a_stopped_server_process(install: Install) -> None:
+    """SIGSTOP the server process: its kernel still ACKs (TCP keepalive sees a live peer),
+    but nobody answers the PING, so the blocked call fails within idle + interval x count."""
+    import signal
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "integrations.grpcserver", "127.0.0.1", str(port)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        install(environ={**FAST, "KAPATCH_GRPC_IDLE": "1s", "KAPATCH_GRPC_COUNT": "2"})  # bound 3 s
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ok = channel.unary_unary("/lab.Lab/Ok", identity, identity)
+            assert ok(b"", timeout=10) == b"ok"
+            hang = channel.unary_unary("/lab.Lab/Hang", identity, identity)
+            future = hang.future(b"")
+            time.sleep(2.5)  # PINGs answered while the handler hangs: the call stays alive
+            assert not future.done()
+            server.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failure:
+                future.result(timeout=20)
+            elapsed = time.monotonic() - stopped
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert elapsed < 3 + 1
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait(timeout=10)

@@ -7,13 +7,18 @@ What reaches them is channel options, so this adapter wraps ``grpc.insecure_chan
 keeps the original) and adds, decided once per channel for the target's host and port:
 
 * ``grpc.keepalive_time_ms`` = idle: an HTTP/2 PING after that long without activity;
-* ``grpc.keepalive_timeout_ms`` = interval * count: no PING ack within it, the connection
-  is closed and the calls on it fail (UNAVAILABLE). A blocked call to a vanished host
-  therefore fails within idle + interval * count, the policy's bound. gRPC core also
-  sets TCP_USER_TIMEOUT = keepalive_timeout_ms on the socket itself (gRPC proposal A18;
-  read back here from the live socket), so unacknowledged data is bounded by it too.
-  There is no separate channel option for the user timeout: the policy's
-  ``user_timeout`` cannot be given to gRPC; SO_KEEPALIVE stays off (gRPC pings instead);
+* ``grpc.keepalive_timeout_ms`` = interval * count. gRPC core sets TCP_USER_TIMEOUT =
+  keepalive_timeout_ms on the socket itself (gRPC proposal A18; read back here from the
+  live socket), so a PING (or any data) the peer's kernel never acknowledges closes the
+  connection within it: a blocked call to a vanished host fails (UNAVAILABLE, ETIMEDOUT)
+  within idle + interval * count, the policy's bound (the lab measures it). There is no
+  channel option for the user timeout alone: the policy's ``user_timeout`` cannot be
+  given to gRPC; SO_KEEPALIVE stays off (gRPC pings instead);
+* ``grpc.http2.ping_timeout_ms`` = interval * count too: in grpcio 1.85 an unanswered
+  PING whose bytes *were* acknowledged (a peer process stopped or frozen, its kernel
+  alive) is timed by this option (default 1 minute), not by keepalive_timeout_ms
+  (measured: a SIGSTOPped server is noticed after ~61 s with keepalive_timeout_ms=2000
+  alone, after 2.6 s with this option);
 * ``grpc.http2.max_pings_without_data`` = 0, so PINGs go on during a quiet call (the
   default, 2, stops them after two);
 * ``grpc.keepalive_permit_without_calls`` = 1 only with a gRPC-specific idle (below).
@@ -46,9 +51,11 @@ options are "not given". Targets that are not TCP (``unix:``, ``unix-abstract:``
 ``vsock:``) are left alone, not counted. Rules see the target's host name (or IP
 literal) and port; gRPC resolves names in C, so CIDR rules do not match a bare name.
 
-Not covered: channels made in C or by other means than these four functions; HTTP/2
-PINGs are answered by the peer's gRPC core (its I/O threads), not by the application:
-they detect a dead host or a broken network path, not a hung handler in a live process.
+Not covered: channels made in C or by other means than these four functions. HTTP/2
+PINGs are answered by the peer's gRPC core (its I/O threads), not by the handler: they
+detect a dead host, a broken network path and a stopped or frozen peer process (which
+TCP keepalive cannot: the peer's kernel still answers), not a hung handler in a live
+process (the tests keep a call open on a sleeping handler with PINGs every second).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ KEEPALIVE_TIME = "grpc.keepalive_time_ms"
 KEEPALIVE_TIMEOUT = "grpc.keepalive_timeout_ms"
 PERMIT_WITHOUT_CALLS = "grpc.keepalive_permit_without_calls"
 MAX_PINGS_WITHOUT_DATA = "grpc.http2.max_pings_without_data"
+PING_TIMEOUT = "grpc.http2.ping_timeout_ms"
 # The string behind GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS in gRPC core.
 MIN_RECV_PING_INTERVAL = "grpc.http2.min_ping_interval_without_data_ms"
 
@@ -79,6 +87,7 @@ SERVER_PING_FLOOR_S = 300
 """The least PING interval gRPC servers accept by default (C core, Go, Java: 5 minutes)."""
 
 _NO_ADAPTER = "kapatch-global"
+_TIMEOUT_FIELDS = frozenset(("interval", "count", "user_timeout"))
 _INFINITE = 2**31 - 1  # keepalive_time_ms of INT_MAX is gRPC's "keepalive off"
 _DEFAULT_PORT = 443  # gRPC's dns resolver default port ("https")
 _NOT_TCP = ("unix:", "unix-abstract:", "vsock:")
@@ -150,8 +159,8 @@ def chosen_in_channel_options(items: Iterable[tuple[Any, Any]]) -> frozenset[str
             if isinstance(value, int) and value >= _INFINITE:
                 return ALL_FIELDS  # keepalive off (gRPC then sets no user timeout either)
             chosen |= {"enabled", "idle"}
-        elif key == KEEPALIVE_TIMEOUT:
-            chosen |= {"interval", "count", "user_timeout"}
+        elif key in (KEEPALIVE_TIMEOUT, PING_TIMEOUT):
+            chosen |= _TIMEOUT_FIELDS
     return frozenset(chosen)
 
 
@@ -164,9 +173,11 @@ def channel_options(policy: Policy, *, specific: bool) -> dict[str, int]:
     if policy.idle is None or policy.interval is None or policy.count is None:
         return {}
     idle = policy.idle if specific else max(policy.idle, SERVER_PING_FLOOR_S)
+    timeout = policy.interval * policy.count * 1000
     return {
         KEEPALIVE_TIME: idle * 1000,
-        KEEPALIVE_TIMEOUT: policy.interval * policy.count * 1000,
+        KEEPALIVE_TIMEOUT: timeout,
+        PING_TIMEOUT: timeout,
         PERMIT_WITHOUT_CALLS: 1 if specific else 0,
         MAX_PINGS_WITHOUT_DATA: 0,
     }
@@ -181,6 +192,7 @@ def server_options(policy: Policy) -> dict[str, int]:
         PERMIT_WITHOUT_CALLS: 1,
         KEEPALIVE_TIME: policy.idle * 1000,
         KEEPALIVE_TIMEOUT: policy.interval * policy.count * 1000,
+        PING_TIMEOUT: policy.interval * policy.count * 1000,
     }
 
 
@@ -190,6 +202,8 @@ def _merge(
     """*items* with *wanted* written over, except the keys *keep* says are the application's."""
     given = {key for key, _ in items}
     written = {key for key in wanted if not (key in given and keep(key))}
+    if PING_TIMEOUT in written and keep(KEEPALIVE_TIMEOUT) and KEEPALIVE_TIMEOUT in given:
+        written.discard(PING_TIMEOUT)  # the application's own timeout: no second one beside it
     merged = [(key, value) for key, value in items if key not in written]
     merged.extend((key, wanted[key]) for key in wanted if key in written)
     return merged
@@ -293,8 +307,8 @@ def _keeper(kept: frozenset[str], *, respect: bool) -> Callable[[str], bool]:
     def keep(key: str) -> bool:
         if key == KEEPALIVE_TIME:
             return "idle" in kept
-        if key == KEEPALIVE_TIMEOUT:
-            return bool(kept & {"interval", "count", "user_timeout"})
+        if key in (KEEPALIVE_TIMEOUT, PING_TIMEOUT):
+            return bool(kept & _TIMEOUT_FIELDS)
         # Not policy fields, but the application's own word on its PINGs: respect mode keeps it.
         return respect
 
