@@ -17,7 +17,7 @@ keeps the original) and adds, decided once per channel for the target's host and
 * ``grpc.http2.ping_timeout_ms`` = interval * count too: in grpcio 1.85 an unanswered
   PING whose bytes *were* acknowledged (a peer process stopped or frozen, its kernel
   alive) is timed by this option (default 1 minute), not by keepalive_timeout_ms
-  (measured: a SIGSTOPped server is noticed after ~61 s with keepalive_timeout_ms=2000
+  (measured: a SIGSTOPped server is noticed after 60.6 s with keepalive_timeout_ms=2000
   alone, after 2.6 s with this option);
 * ``grpc.http2.max_pings_without_data`` = 0, so PINGs go on during a quiet call (the
   default, 2, stops them after two);
