@@ -444,3 +444,18 @@ def test_pings_catch_a_stopped_server_process(install: Install) -> None:
         server.send_signal(signal.SIGCONT)
         server.kill()
         server.wait(timeout=10)
+
+
+def test_the_applications_timeout_gets_no_second_timeout_beside_it() -> None:
+    """Respect mode keeps keepalive_timeout_ms and adds no ping_timeout_ms of the policy's."""
+    from kapatch.adapters.grpc import _keeper, _merge
+
+    wanted = channel_options(Policy(idle=11, interval=3, count=4), specific=True)
+    timeout_fields = frozenset({"interval", "count", "user_timeout"})
+    own = [("grpc.keepalive_timeout_ms", 7000)]
+    kept = dict(_merge(own, wanted, _keeper(timeout_fields, respect=True)))
+    assert kept["grpc.keepalive_timeout_ms"] == 7000
+    assert "grpc.http2.ping_timeout_ms" not in kept
+    assert kept["grpc.keepalive_time_ms"] == 11000
+    replaced = dict(_merge(own, wanted, _keeper(frozenset(), respect=False)))
+    assert replaced["grpc.keepalive_timeout_ms"] == replaced["grpc.http2.ping_timeout_ms"] == 12000
