@@ -27,12 +27,12 @@ gRPC servers police client PINGs. A default grpcio server (and grpc-go's and
 grpc-java's) accepts at most one PING per 5 minutes without data while calls are
 active, and none while there are none (grpcio: one per 2 hours); after 2 strikes it
 sends GOAWAY ``too_many_pings`` (ENHANCE_YOUR_CALM): measured here with a 1 s keepalive,
-an 8 s call in flight **fails** with UNAVAILABLE "Too many pings" after ~3 s, and the
+a 6 s call in flight **fails** with UNAVAILABLE "Too many pings" after 3 to 5 s, and the
 client logs an error and doubles its keepalive time. The profiles' idle (60 s) would do
-that to every quiet call longer than ~3 minutes (watches, streaming pulls). So, unless
+that to every quiet call longer than about 4 minutes (watches, streaming pulls). So, unless
 the idle was set for this adapter (``KAPATCH_GRPC_IDLE``, TOML ``[grpc] idle``: you
-know your servers allow it, e.g. Google's front ends, or servers that set
-``grpc.http2.min_ping_interval_without_data_ms``), the PING time is
+know your servers allow it: they set ``grpc.http2.min_ping_interval_without_data_ms``
+or their language's equivalent), the PING time is
 ``max(idle, 300 s)``, gRPC's default server minimum, and PINGs are sent only while
 calls are active (idle channels: a dead connection still fails the next call within
 keepalive_timeout_ms, through TCP_USER_TIMEOUT). With a gRPC-specific idle the policy
@@ -42,14 +42,17 @@ Servers (inbound, opt-in): with the inbound adapter on, ``grpc.server`` and
 ``grpc.aio.server`` get ``grpc.http2.min_ping_interval_without_data_ms`` = the inbound
 idle and ``grpc.keepalive_permit_without_calls`` = 1, so a kapatch-configured fleet does
 not punish its own clients, and server-side keepalive (PINGs to its clients) from the
-inbound policy. Options the application gave win in respect mode.
+inbound policy (counted under ``inbound``; rules see no address, the port comes later).
+Options the application gave win in respect mode.
 
 Respect mode: the application's own keepalive options are its chosen fields
 (``keepalive_time_ms``: enabled and idle; ``keepalive_timeout_ms``: interval, count and
-user timeout), kept in respect mode, replaced in override mode; ``None`` or empty
-options are "not given". Targets that are not TCP (``unix:``, ``unix-abstract:``,
-``vsock:``) are left alone, not counted. Rules see the target's host name (or IP
-literal) and port; gRPC resolves names in C, so CIDR rules do not match a bare name.
+user timeout; so is ``grpc.http2.ping_timeout_ms``), kept in respect mode, replaced in
+override mode; its ``permit_without_calls`` and ``max_pings_without_data`` are kept in
+respect mode too. ``None`` or empty options are "not given". Targets that are not TCP
+(``unix:``, ``unix-abstract:``, ``vsock:``) are left alone, not counted. Rules see the
+target's host name (or IP literal) and port; gRPC resolves names in C, so CIDR rules do
+not match a bare name.
 
 Not covered: channels made in C or by other means than these four functions. HTTP/2
 PINGs are answered by the peer's gRPC core (its I/O threads), not by the handler: they
