@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -63,6 +64,8 @@ def missing_servers() -> str | None:
         missing.append("PostgreSQL server binaries (apt-get install -y postgresql)")
     if shutil.which("setpriv") is None:
         missing.append("setpriv (util-linux)")
+    if importlib.util.find_spec("grpc") is None:
+        missing.append("grpcio for the lab's gRPC server (pip install -e '.[all]')")
     return "missing: " + ", ".join(missing) if missing else None
 
 
