@@ -453,7 +453,7 @@ def run_lab(
         servers.start()
         assert servers.tmpdir is not None
         logdir = str(servers.tmpdir)
-        log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} (http, redis, postgresql)")
+        log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} (http, redis, postgresql, grpc)")
         for situation in situations:
             batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))
         # Collect while the client logs still exist.
