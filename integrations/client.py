@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from integrations.labservers import HTTP_PORT, MARIADB_PORT, PG_PORT, REDIS_PORT
+from integrations.labservers import GRPC_PORT, HTTP_PORT, MARIADB_PORT, PG_PORT, REDIS_PORT
 from integrations.netlab import LAB_ADDR
 
 SITUATIONS = ("keepalive", "user-timeout", "respect")
@@ -118,13 +118,14 @@ def lab_socket_options() -> list[dict[str, Any]]:
         except OSError:
             continue
         try:
-            if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
+            # gRPC core connects dual-stack AF_INET6 sockets: the peer is then ::ffff:198.18.0.2.
+            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
                 continue
             try:
                 peer = s.getpeername()
             except OSError:
                 continue
-            if peer[0] != LAB_ADDR:
+            if peer[0] not in (LAB_ADDR, "::ffff:" + LAB_ADDR):
                 continue
             found.append(
                 {
@@ -399,6 +400,49 @@ class Mysqlclient(Scenario):
         return cursor.fetchone()
 
 
+# The application's own gRPC keepalive in the respect situation: the same 5 + 1 x 3 = 8 s.
+USER_GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", USER_IDLE * 1000),
+    ("grpc.keepalive_timeout_ms", USER_INTERVAL * USER_COUNT * 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+GRPC_TARGET = f"{LAB_ADDR}:{GRPC_PORT}"
+
+
+def _bytes(data: bytes) -> bytes:
+    return data
+
+
+class GrpcSync(Scenario):
+    def warm(self) -> None:
+        import grpc
+
+        self.channel = grpc.insecure_channel(GRPC_TARGET, options=USER_GRPC_OPTIONS if self.respect else None)
+        self.ok = self.channel.unary_unary("/lab.Lab/Ok", _bytes, _bytes)
+        self.hang = self.channel.unary_unary("/lab.Lab/Hang", _bytes, _bytes)
+        self.ok(b"")
+
+    def block(self) -> Any:
+        return self.hang(b"")  # no deadline: the call waits as long as the connection lives
+
+
+class GrpcAio(Scenario):
+    is_async = True
+
+    async def warm(self) -> None:
+        import grpc.aio
+
+        options = USER_GRPC_OPTIONS if self.respect else None
+        self.channel = grpc.aio.insecure_channel(GRPC_TARGET, options=options)
+        self.ok = self.channel.unary_unary("/lab.Lab/Ok", _bytes, _bytes)
+        self.hang = self.channel.unary_unary("/lab.Lab/Hang", _bytes, _bytes)
+        await self.ok(b"")
+
+    async def block(self) -> Any:
+        return await self.hang(b"")
+
+
 CLIENTS: dict[str, type[Scenario]] = {
     "raw-socket": RawSocket,
     "asyncio-streams": AsyncioStreams,
@@ -412,6 +456,8 @@ CLIENTS: dict[str, type[Scenario]] = {
     "psycopg-pool": PsycopgPool,
     "psycopg2": Psycopg2,
     "mysqlclient": Mysqlclient,
+    "grpc": GrpcSync,
+    "grpc-aio": GrpcAio,
 }
 MARIADB_CLIENTS = frozenset({"mysqlclient"})
 """Clients that need the lab's MariaDB (started only when one of them runs)."""

@@ -1,5 +1,5 @@
-"""Real servers inside the lab namespace: an HTTP server, redis-server, PostgreSQL, and MariaDB
-(only when a client that needs it runs).
+"""Real servers inside the lab namespace: an HTTP server, redis-server, PostgreSQL, gRPC, and
+MariaDB (only when a client that needs it runs).
 
 Each is started with `ip netns exec`, listens on the lab address only, and is stopped by
 the pid this module started (SIGTERM, then SIGKILL after a bounded wait).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ HTTP_PORT = 8080
 REDIS_PORT = 6379
 PG_PORT = 5432
 MARIADB_PORT = 3306
+GRPC_PORT = 50051
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 TMP_PREFIX = "kplab-run-"
@@ -64,6 +66,8 @@ def missing_servers() -> str | None:
         missing.append("PostgreSQL server binaries (apt-get install -y postgresql)")
     if shutil.which("setpriv") is None:
         missing.append("setpriv (util-linux)")
+    if importlib.util.find_spec("grpc") is None:
+        missing.append("grpcio for the lab's gRPC server (pip install -e '.[all]')")
     return "missing: " + ", ".join(missing) if missing else None
 
 
@@ -150,6 +154,7 @@ class LabServers:
         self._start_http()
         self._start_redis()
         self._start_postgres()
+        self._start_grpc()
         if self.mariadb:
             self._start_mariadb()
 
@@ -203,6 +208,13 @@ class LabServers:
         ]  # fmt: skip
         self._spawn("redis", cmd, log)
         self._wait("redis", _redis_pong, log)
+
+    def _start_grpc(self) -> None:
+        assert self.tmpdir is not None
+        log = self.tmpdir / "grpc.log"
+        cmd = [sys.executable, "-m", "integrations.grpcserver", LAB_ADDR, str(GRPC_PORT)]
+        self._spawn("grpc", cmd, log)
+        self._wait("grpc", lambda: _connects(GRPC_PORT), log)
 
     def _start_postgres(self) -> None:
         assert self.tmpdir is not None

@@ -46,10 +46,14 @@ SETTLE = 1.0  # s between the blocking requests and the cut: they are sent and A
 TCP_RETRIES2_S = 924.6  # what tcp_retries2=15 gives with an unacknowledged send
 
 
-def kapatch_env(situation: str) -> dict[str, str]:
+def kapatch_env(situation: str, client: str = "") -> dict[str, str]:
     env = dict(KAPATCH_ENV)
     if situation == "user-timeout":
         env["KAPATCH_USER_TIMEOUT"] = str(POLICY_USER_TIMEOUT)
+    if client.startswith("grpc"):
+        # A gRPC-specific idle: the lab's server permits the PINGs, so the adapter uses it as
+        # given (otherwise it keeps PINGs at the 5 min default servers accept).
+        env["KAPATCH_GRPC_IDLE"] = str(POLICY_IDLE)
     return env
 
 
@@ -109,7 +113,7 @@ def _reader(run: ClientRun, stream: IO[str]) -> None:
 def spawn(run: ClientRun, logdir: str) -> None:
     env = clean_env()  # no KAPATCH_* at all without kapatch
     if run.kapatch:
-        env.update(kapatch_env(run.situation))
+        env.update(kapatch_env(run.situation, run.client))
     env["PYTHONUNBUFFERED"] = "1"
     run.stderr_path = os.path.join(
         logdir, f"{run.situation}-{run.client}-{'kapatch' if run.kapatch else 'plain'}.err"
@@ -309,7 +313,7 @@ def result_of(batch: Batch, run: ClientRun, cap: float) -> dict[str, Any]:
         "client": run.client,
         "situation": run.situation,
         "kapatch": run.kapatch,
-        "env": kapatch_env(run.situation) if run.kapatch else {},
+        "env": kapatch_env(run.situation, run.client) if run.kapatch else {},
         "kapatch_loaded": bool(start and start.get("kapatch_loaded")),
         "opts": opts,
         "opts_summary": _opts_summary(opts),
@@ -449,7 +453,7 @@ def run_lab(
         servers.start()
         assert servers.tmpdir is not None
         logdir = str(servers.tmpdir)
-        up = "http, redis, postgresql" + (", mariadb" if servers.mariadb else "")
+        up = "http, redis, postgresql, grpc" + (", mariadb" if servers.mariadb else "")
         log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} ({up})")
         for situation in situations:
             batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))

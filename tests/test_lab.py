@@ -43,6 +43,8 @@ CLIENTS = [
     "psycopg-pool",
     "psycopg2",
     "mysqlclient",
+    "grpc",
+    "grpc-aio",
 ]
 
 
