@@ -312,3 +312,36 @@ def _get_when_up(url: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no output") from None
             time.sleep(0.1)
+
+
+# -- a loop kapatch does not know: said once, counted --------------------------------------------
+
+
+class _ThirdPartyLoop(asyncio.AbstractEventLoop):
+    """Stands for a loop implemented elsewhere (C, Rust): not asyncio's, not uvloop's."""
+
+
+def test_an_unknown_event_loop_is_said_once_and_counted(install, caplog):
+    install(environ=POLICY)
+    with caplog.at_level("WARNING", logger="kapatch"):
+        for _ in range(3):  # a loop starting to run, as every loop does through asyncio
+            asyncio.events._set_running_loop(_ThirdPartyLoop())
+            asyncio.events._set_running_loop(None)
+    messages = [r.getMessage() for r in caplog.records if "_ThirdPartyLoop" in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert "may not carry the policy" in messages[0]
+    assert kapatch.status().adapter("eventloops").counts["uncovered"] == 1
+
+
+@pytest.mark.parametrize("entry", [asyncio.run, uvloop.run], ids=["selector", "uvloop"])
+def test_known_loops_are_not_reported(install, listener, entry):
+    install(environ=POLICY)
+
+    async def main() -> tuple[int, ...]:
+        _, writer = await asyncio.open_connection(*listener)
+        got = row(writer.get_extra_info("socket"))
+        writer.close()
+        return got
+
+    assert entry(main()) == WANTED
+    assert kapatch.status().adapter("eventloops").counts["uncovered"] == 0
