@@ -41,6 +41,13 @@ CLIENTS = [
     "psycopg-sync",
     "psycopg-async",
     "psycopg-pool",
+    "gevent-raw-socket",
+    "gevent-requests",
+    "gevent-redis",
+    "uvloop-streams",
+    "uvloop-redis",
+    "uvloop-httpx",
+    "inbound-server",  # the server side of a vanished client (KAPATCH_INBOUND=1)
 ]
 
 
