@@ -65,6 +65,17 @@ sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 50)
 sock.connect(listener.getsockname())
 report(sock)
 """,
+    "stdlib-class": """
+# The stdlib class gevent saved: the shared hook found it (gevent.monkey.saved), in both orders.
+from kapatch._socket_hooks import stdlib_socket_class
+original = monkey.get_original("socket", "socket")
+assert stdlib_socket_class() is original, (stdlib_socket_class(), original)
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+sock = original()
+sock.connect(listener.getsockname())
+print(json.dumps({"type": "gevent-run", "row": row(sock), "counts":
+                  {a.name: dict(a.counts) for a in kapatch.status().adapters if any(a.counts.values())}}))
+""",
     "cooperative": """
 import errno, select
 listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(16)
@@ -160,6 +171,13 @@ def test_unclaimed_gevent_sockets_carry_the_policy(client, order, mode):
     counts = result["counts"]
     assert counts["gevent"]["configured"] == result.get("n", 1)  # type: ignore[index]
     assert "socket" not in counts  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_the_stdlib_class_keeps_the_shared_hook_after_patch_all(order):
+    result = run("stdlib-class", order, KAPATCH_SOCKET_IDLE="9")
+    assert row_of(result) == (1, 9, 3, 4, 21000)
+    assert result["counts"]["socket"]["configured"] == 1  # type: ignore[index]
 
 
 @pytest.mark.parametrize("order", ORDERS)
