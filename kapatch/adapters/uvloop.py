@@ -14,8 +14,10 @@ on every way of getting a uvloop loop: ``uvloop.run``, ``uvloop.install()``,
 ``asyncio.run(..., loop_factory=uvloop.new_event_loop)``, uvicorn's loop set-up.
 
 ``create_server`` (and so ``asyncio.start_server``): each of ``server.sockets`` goes
-through ``context.on_listen`` (the inbound policy when it is on); the kernel copies it
-to every connection accepted afterwards.
+through ``context.on_listen`` (the inbound policy when it is on) as soon as
+``create_server`` returns; the kernel copies it to every connection whose handshake
+completes afterwards (libuv has already listened by then: a connection accepted in that
+instant keeps the kernel defaults).
 
 Left to other paths: ``create_connection(sock=...)`` (the application connected that
 socket itself, through ``socket.socket.connect``, which the shared hook sees),
