@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from integrations.labservers import GRPC_PORT, HTTP_PORT, MARIADB_PORT, PG_PORT, REDIS_PORT
-from integrations.netlab import LAB_ADDR
+from integrations.netlab import HOST_ADDR, LAB_ADDR, NS_NAME
 
 SITUATIONS = ("keepalive", "user-timeout", "respect")
 
@@ -443,6 +444,66 @@ class GrpcAio(Scenario):
         return await self.hang(b"")
 
 
+class HttpxAsync(Scenario):
+    is_async = True
+
+    async def warm(self) -> None:
+        import httpx
+
+        transport = httpx.AsyncHTTPTransport(socket_options=USER_SOCKOPTS) if self.respect else None
+        self.client = httpx.AsyncClient(timeout=None, transport=transport)  # as Httpx: no timeout
+        (await self.client.get(f"{BASE_URL}/ok")).raise_for_status()
+
+    async def block(self) -> Any:
+        return await self.client.get(f"{BASE_URL}/hang")
+
+
+# The peer of the inbound scenario: runs inside the lab namespace, connects to the server
+# on this host, says hello, then reads nothing and never answers (its kernel still ACKs).
+_INBOUND_PEER = """
+import ctypes, signal, socket, sys, time
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the server process
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+sock.sendall(b"hello\\n")
+while True:
+    time.sleep(3600)
+"""
+
+
+class InboundServer(Scenario):
+    """The server side: a stdlib listener on this host; its client, in the lab namespace,
+    is the one that vanishes. kapatch reaches the accepted socket only through the listener
+    (KAPATCH_INBOUND=1): the runner adds it for this client."""
+
+    def warm(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.respect:  # the application configured its listener itself
+            for level, opt, val in USER_SOCKOPTS:
+                self.listener.setsockopt(level, opt, val)
+        self.listener.bind((HOST_ADDR, 0))
+        self.listener.listen(1)
+        port = self.listener.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+        self.peer = subprocess.Popen(
+            ["ip", "netns", "exec", NS_NAME, sys.executable, "-c", _INBOUND_PEER, HOST_ADDR, str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.listener.settimeout(15)
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(None)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = self.conn.recv(64)
+            if not chunk:
+                raise ConnectionError("the peer closed before hello")
+            buf += chunk
+
+    def block(self) -> bytes:
+        self.conn.sendall(b"wait\n")  # read by the peer's kernel, never answered
+        return self.conn.recv(65536)
+
+
 CLIENTS: dict[str, type[Scenario]] = {
     "raw-socket": RawSocket,
     "asyncio-streams": AsyncioStreams,
@@ -458,9 +519,21 @@ CLIENTS: dict[str, type[Scenario]] = {
     "mysqlclient": Mysqlclient,
     "grpc": GrpcSync,
     "grpc-aio": GrpcAio,
+    # the same scenarios under other runtimes (RUNTIMES): gevent's socket class, uvloop's libuv
+    "gevent-raw-socket": RawSocket,
+    "gevent-requests": Requests,
+    "gevent-redis": RedisSync,
+    "uvloop-streams": AsyncioStreams,
+    "uvloop-redis": RedisAsync,
+    "uvloop-httpx": HttpxAsync,
+    "inbound-server": InboundServer,
 }
 MARIADB_CLIENTS = frozenset({"mysqlclient"})
 """Clients that need the lab's MariaDB (started only when one of them runs)."""
+RUNTIMES = {name: name.split("-", 1)[0] for name in CLIENTS if name.startswith(("gevent-", "uvloop-"))}
+"""Client -> the runtime it runs under: ``gevent`` (``monkey.patch_all()`` first) or ``uvloop``."""
+INBOUND_CLIENTS = frozenset({"inbound-server"})
+"""Clients whose connection is an accepted one: the runner adds ``KAPATCH_INBOUND=1``."""
 
 
 # ---------------------------------------------------------------- driver
@@ -532,11 +605,20 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 2 or args[0] not in CLIENTS or args[1] not in SITUATIONS:
         sys.exit(f"usage: python -m integrations.client {{{','.join(CLIENTS)}}} "
                  f"{{{','.join(SITUATIONS)}}}")  # fmt: skip
-    _die_with_parent()
     name, situation = args
+    runtime = RUNTIMES.get(name)
+    if runtime == "gevent":  # before any other thread or socket, as a gevent application does
+        from gevent import monkey
+
+        monkey.patch_all()
+    _die_with_parent()
     emit("start", pid=os.getpid(), kapatch_loaded="kapatch" in sys.modules)
     sc = CLIENTS[name](respect=situation == "respect")
-    if sc.is_async:
+    if sc.is_async and runtime == "uvloop":
+        import uvloop
+
+        uvloop.run(run_async(sc, situation))
+    elif sc.is_async:
         asyncio.run(run_async(sc, situation))
     else:
         run_sync(sc, situation)

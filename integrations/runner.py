@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from integrations.client import CLIENTS, MARIADB_CLIENTS, SITUATIONS, USER_BOUND
+from integrations.client import CLIENTS, INBOUND_CLIENTS, MARIADB_CLIENTS, SITUATIONS, USER_BOUND
 from integrations.labservers import HTTP_PORT, REPO_ROOT, LabServers, clean_env
 from integrations.netlab import LAB_ADDR, TestHost, firewall_backend, leftovers, preflight
 
@@ -114,6 +114,8 @@ def spawn(run: ClientRun, logdir: str) -> None:
     env = clean_env()  # no KAPATCH_* at all without kapatch
     if run.kapatch:
         env.update(kapatch_env(run.situation, run.client))
+        if run.client in INBOUND_CLIENTS:  # opt-in: the server side of a vanished client
+            env["KAPATCH_INBOUND"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     run.stderr_path = os.path.join(
         logdir, f"{run.situation}-{run.client}-{'kapatch' if run.kapatch else 'plain'}.err"
@@ -393,7 +395,9 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
 
 def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
-    for dist in ("kapatch", "requests", "urllib3", "httpx", "redis", "psycopg", "psycopg-pool"):
+    for dist in (
+        "kapatch", "requests", "urllib3", "httpx", "redis", "psycopg", "psycopg-pool", "gevent", "uvloop",
+    ):  # fmt: skip
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -399,6 +399,34 @@ def _httpx_async(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
             loop.run_until_complete(client.aclose())
 
 
+@contextlib.contextmanager
+def _gevent(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    import gevent.socket  # type: ignore[import-untyped]  # gevent's own class, no monkey-patching here
+
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout)
+    try:
+        yield sock, "gevent.socket.create_connection, gevent's socket class"
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def _uvloop(port: int, timeout: float) -> Iterator[tuple[Any, str]]:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    try:
+        opening = asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        _, writer = loop.run_until_complete(opening)
+        try:
+            yield writer.get_extra_info("socket"), "asyncio.open_connection on a uvloop loop (libuv connects)"
+        finally:
+            writer.close()
+            loop.run_until_complete(writer.wait_closed())
+    finally:
+        loop.close()
+
+
 # client name -> (library module to import, listener protocol, connect function, adapters that may own it)
 _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ...]]] = {
     "socket": (None, _serve_http, _raw_socket, ("socket",)),
@@ -412,6 +440,8 @@ _CLIENTS: dict[str, tuple[str | None, Handler, Callable[..., Any], tuple[str, ..
     "mysqlclient": ("MySQLdb.connections", _serve_mysql, _mysqlclient, ("mysqlclient",)),
     "httpx": ("httpx", _serve_http, _httpx, ("httpx", "socket")),
     "httpx.async": ("httpx", _serve_http, _httpx_async, ("httpx", "socket")),
+    "gevent": ("gevent", _serve_http, _gevent, ("gevent",)),
+    "uvloop": ("uvloop", _serve_http, _uvloop, ("uvloop",)),
 }
 
 

@@ -43,6 +43,8 @@ _CLIENT_LIBRARIES = {
     "redis": ("redis", "redis"),
     "psycopg": ("psycopg", "psycopg"),
     "httpx": ("httpx", "httpx"),
+    "gevent": ("gevent", "gevent"),
+    "uvloop": ("uvloop", "uvloop"),
 }
 
 
@@ -184,10 +186,34 @@ def collect_report(
                 )
     if not self_test:
         report["self_test"] = {"skipped": "--no-self-test"}
+    report["coverage"] = _coverage_section(infos, config, report.get("self_test", {}), notes)
     report["notes"] = notes
     report["problems"] = problems
     report["ok"] = not problems
     return report
+
+
+def _coverage_section(
+    infos: Sequence[AdapterInfo], config: Config | None, self_test: Mapping[str, Any], notes: list[str]
+) -> dict[str, Any]:
+    """Each installed library kapatch knows of: do its connections carry the policy (``_coverage``)."""
+    from ._coverage import coverage_section
+
+    adapters: dict[str, str | None] = {}
+    for info in infos:
+        reason = info.load_error or info.unavailable
+        if reason is None and config is not None and not config.wants_adapter(info.name):
+            reason = "not selected by the configuration"
+        adapters[info.name] = reason
+    section = coverage_section(adapters, self_test.get("checks", []))
+    missed = [
+        f"{name} ({entry['why']})"
+        for name, entry in section.items()
+        if entry["state"] != "verified" and entry["state"] not in ("covered",)
+    ]
+    if missed:
+        notes.append("connections of these installed libraries do NOT carry the policy: " + "; ".join(missed))
+    return section
 
 
 def _kernel_section(notes: list[str]) -> dict[str, int | None]:
@@ -296,6 +322,11 @@ def render_report(report: Mapping[str, Any]) -> str:
     if "fresh_interpreter" in activation:
         lines.append(f"  checked: {activation['fresh_interpreter']}")
     lines.append(f"  KAPATCH_ENABLED={activation['KAPATCH_ENABLED'] or '(unset)'} in this shell")
+    if "coverage" in report:
+        from ._coverage import render_coverage
+
+        _section(lines, "Coverage (installed libraries and runtimes: do their connections carry the policy?)")
+        lines.extend(render_coverage(report["coverage"]))
     result = report.get("self_test")
     if result is not None:
         _section(lines, "Live self-test (child process, loopback, options read back with getsockopt)")

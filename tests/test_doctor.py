@@ -86,6 +86,7 @@ def test_doctor_passes_here_and_reads_every_client_back_from_the_kernel() -> Non
     for client, module in (("psycopg2", "psycopg2"), ("mysqlclient", "MySQLdb")):
         if importlib.util.find_spec(module) is not None:
             owners[client] = client
+    owners.update({"gevent": "gevent", "uvloop": "uvloop"})  # both in the dev extra
     assert {client: check["owner"] for client, check in checks.items()} == owners
     for client, check in checks.items():
         assert check["verified"], check
@@ -94,6 +95,34 @@ def test_doctor_passes_here_and_reads_every_client_back_from_the_kernel() -> Non
         assert check["kernel"] == {
             "enabled": True, "idle": 60, "interval": 10, "count": 5, "user_timeout_ms": 110000,
         }, client  # fmt: skip
+
+
+def test_doctor_names_each_installed_runtime_and_uncovered_client_with_its_state() -> None:
+    """gevent and uvloop verified live; pycurl (libcurl connects in C) named as not covered."""
+    code, report = _doctor_json()
+    assert code == 0, report["problems"]
+    coverage = report["coverage"]
+    for runtime in ("gevent", "uvloop"):
+        assert coverage[runtime]["state"] == "verified", coverage[runtime]
+        assert coverage[runtime]["adapter"] == runtime
+    assert coverage["pycurl"]["state"] == "not covered"
+    assert "in C" in coverage["pycurl"]["why"]
+    assert any("pycurl" in note and "NOT" in note for note in report["notes"])
+    code, out = _doctor("--no-self-test")
+    assert code == 0, out
+    assert "\nCoverage" in out
+    assert "pycurl" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()}
+    assert "covered" in lines["gevent"]  # without the self-test: covered, not verified
+    assert "not covered" in lines["pycurl"]
+
+
+def test_doctor_says_when_the_adapter_for_a_runtime_is_off() -> None:
+    code, report = _doctor_json(env=_clean_env(KAPATCH_DISABLED_ADAPTERS="uvloop"))
+    assert code == 0, report["problems"]  # a note, not a problem: the operator chose it
+    assert report["coverage"]["uvloop"]["state"] == "adapter off"
+    assert report["coverage"]["uvloop"]["why"] == "not selected by the configuration"
+    assert any("uvloop" in note for note in report["notes"])
 
 
 def test_doctor_human_output_has_sections_and_a_verdict() -> None:

@@ -45,6 +45,13 @@ CLIENTS = [
     "mysqlclient",
     "grpc",
     "grpc-aio",
+    "gevent-raw-socket",
+    "gevent-requests",
+    "gevent-redis",
+    "uvloop-streams",
+    "uvloop-redis",
+    "uvloop-httpx",
+    "inbound-server",  # the server side of a vanished client (KAPATCH_INBOUND=1)
 ]
 
 
