@@ -100,49 +100,53 @@ def keepalive_off(chosen: frozenset[str]) -> frozenset[str]:
     return chosen | {"enabled"} | TIMINGS
 
 
+_NAMES = ("enabled", "idle", "interval", "count", "user_timeout")
+_BY_MASK = tuple(frozenset(n for bit, n in enumerate(_NAMES) if mask >> bit & 1) for mask in range(32))
+"""Every possible chosen set, made once: the per-connection read allocates nothing, and the
+runtime's decision cache is keyed by these (their hashes are computed once too)."""
+
+_IDLE = getattr(_socket, "TCP_KEEPIDLE", None)
+_INTERVAL = getattr(_socket, "TCP_KEEPINTVL", None)
+_COUNT = getattr(_socket, "TCP_KEEPCNT", None)
+_USER_TIMEOUT = getattr(_socket, "TCP_USER_TIMEOUT", None)
+_SOL, _SO_KEEPALIVE = _socket.SOL_SOCKET, _socket.SO_KEEPALIVE
 _DEFAULTS: list[tuple[int, int, int]] = []  # (idle, interval, count) of a fresh TCP socket
 
 
 def _kernel_defaults() -> tuple[int, int, int] | None:
     """What a fresh socket reports for idle/interval/count: the kernel's defaults (read once)."""
     if not _DEFAULTS:
-        names = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
-        if not all(hasattr(_socket, name) for name in names):
+        if _IDLE is None or _INTERVAL is None or _COUNT is None:
             return None
         probe = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         try:
-            idle, interval, count = (probe.getsockopt(_TCP, getattr(_socket, name)) for name in names)
+            read = probe.getsockopt
+            _DEFAULTS.append((read(_TCP, _IDLE), read(_TCP, _INTERVAL), read(_TCP, _COUNT)))
         finally:
             probe.close()
-        _DEFAULTS.append((idle, interval, count))
     return _DEFAULTS[0]
 
 
-_TIMING_OPTIONS = tuple(
-    (getattr(_socket, name), field)
-    for name, field in (("TCP_KEEPIDLE", "idle"), ("TCP_KEEPINTVL", "interval"), ("TCP_KEEPCNT", "count"))
-    if hasattr(_socket, name)
-)
-_USER_TIMEOUT = getattr(_socket, "TCP_USER_TIMEOUT", None)
-
-
 def chosen_on_socket(sock: Any) -> frozenset[str]:
-    """The fields somebody already set on *sock*, read from the kernel.
+    """The fields somebody already set on *sock*, read from the kernel (five getsockopt calls).
 
     Raises ``OSError`` when the socket cannot be read (closed, not really TCP): the
     caller then leaves it alone.
     """
-    chosen: set[str] = set()
-    if sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE):
-        chosen.add("enabled")
-    defaults = _kernel_defaults()
+    read = sock.getsockopt
+    mask = 1 if read(_SOL, _SO_KEEPALIVE) else 0
+    defaults = _DEFAULTS[0] if _DEFAULTS else _kernel_defaults()
     if defaults is not None:
-        for (option, field), default in zip(_TIMING_OPTIONS, defaults, strict=True):
-            if sock.getsockopt(_TCP, option) != default:
-                chosen.add(field)
-    if _USER_TIMEOUT is not None and sock.getsockopt(_TCP, _USER_TIMEOUT):
-        chosen.add("user_timeout")
-    return frozenset(chosen)
+        idle, interval, count = defaults
+        if read(_TCP, _IDLE) != idle:
+            mask |= 2
+        if read(_TCP, _INTERVAL) != interval:
+            mask |= 4
+        if read(_TCP, _COUNT) != count:
+            mask |= 8
+    if _USER_TIMEOUT is not None and read(_TCP, _USER_TIMEOUT):
+        mask |= 16
+    return _BY_MASK[mask]
 
 
 def fields_written(policy: Policy) -> frozenset[str]:

@@ -11,28 +11,31 @@ from __future__ import annotations
 
 import _thread
 import contextvars
+import errno
 import os
 import sys
 
 from . import _log
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
-from ._respect import NOTHING, chosen_on_socket, fields_written
+from ._respect import NOTHING, TIMINGS, chosen_on_socket, fields_written
 from .adapters._base import COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
 from .rules import Destination, first_match
-from .sockopts import apply_decided, not_tcp_reason
+from .sockopts import apply_decided, compile_plan, not_tcp_reason
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
     import socket
     from collections.abc import Mapping
     from types import ModuleType
-    from typing import Any
+    from typing import Any, TypeAlias
 
     from ._socket_hooks import SocketHooks
     from ._status import Status
+
+    _Ops: TypeAlias = tuple[tuple[int, int, int], ...]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -54,6 +57,8 @@ class _Runtime:
         self.logged: set[tuple[str, ...]] = set()
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
+        # (adapter, chosen) -> (decision, its options as (level, option, value), or None: full path)
+        self._fast: dict[tuple[str, frozenset[str]], tuple[Decision, _Ops | None]] = {}
         self.socket_hooks: SocketHooks | None = None  # made when socket is first imported
         self.import_hooks = ImportHooks()
 
@@ -64,6 +69,7 @@ class _Runtime:
             self.generation += 1
             self.config = config
             self._configs = {}
+            self._fast = {}
             level = config.log_level  # set now if logging is loaded, else the moment it is
             self.import_hooks.when_imported("logging", lambda logging: _log.set_level(logging, level))
             if config.enabled:
@@ -155,6 +161,7 @@ class _Runtime:
         self.reasons.clear()
         self.config = None
         self._configs = {}
+        self._fast = {}
         self.generation += 1
 
     def status(self) -> Status:
@@ -231,30 +238,81 @@ class _Runtime:
         *,
         chosen: frozenset[str] | None = None,
     ) -> Decision:
+        where = destination
+        return self._configure(sock, adapter, chosen, host=where.host, address=where.address, port=where.port)
+
+    def _configure(
+        self,
+        sock: socket.socket,
+        adapter: str,
+        chosen: frozenset[str] | None,
+        *,
+        host: str | None,
+        address: str | None,
+        port: int | None,
+    ) -> Decision:
+        """configure_socket(), with a fast path: where no rule can apply, the decision depends
+        only on (adapter, chosen), is made once, and its options are a precompiled tuple."""
         try:
             if chosen is None:
-                try:
-                    chosen = chosen_on_socket(sock)
-                except OSError:
+                chosen = self._chosen_on(sock, adapter)
+                if chosen is None:
                     # Closed, or not really TCP (fromfd of a UDP socket): the application's
                     # own call is about to fail or does not need keepalive. Nothing to say.
-                    decision = Decision("skip", reason="the socket cannot be read")
                     self._count(adapter, "skipped")
-                    return decision
-            decision = self._decide(adapter, destination, chosen)
+                    return _UNREADABLE
+            fast = self._fast.get((adapter, chosen))
+            if fast is None:
+                fast = self._decide_once(adapter, chosen, Destination(host=host, address=address, port=port))
+            decision, ops = fast
             if decision.action != "apply" or decision.policy is None:
                 self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
                 return decision
+            if ops is not None:
+                try:
+                    for level, option, value in ops:
+                        sock.setsockopt(level, option, value)
+                except OSError as error:
+                    if error.errno in _UNUSABLE_SOCKET:  # closed under us: the application's own call fails
+                        self._count(adapter, "skipped")
+                        return _UNREADABLE
+                else:  # the full path below says which option the kernel refused, and why
+                    self._count_decision(adapter, decision, "configured")
+                    return decision
             result = apply_decided(sock, decision.policy, decision.kept)
         except Exception as error:  # e.g. a closed socket; the connect goes on regardless
             self.record_failure(adapter, "configuring a socket", error)
             return Decision("skip", reason=f"error: {error!r}")
-        for option, refusal in result.failed:
-            self.record_failure(adapter, f"setsockopt {option}", refusal, count=False)
+        for name, refusal in result.failed:
+            self.record_failure(adapter, f"setsockopt {name}", refusal, count=False)
         for note in result.unsupported:
             self._log_once(("unsupported", note), _log.INFO, "kapatch: %s", note)
         self._count_decision(adapter, decision, "configured" if result.ok else "failed")
         return decision
+
+    def _chosen_on(self, sock: socket.socket, adapter: str) -> frozenset[str] | None:
+        """What the socket says was chosen (nothing to read in override mode); ``None``: unreadable."""
+        if self.config_for(adapter).mode is Mode.OVERRIDE:
+            return NOTHING  # every field is written
+        try:
+            return chosen_on_socket(sock)
+        except OSError:
+            return None
+
+    def _decide_once(
+        self, adapter: str, chosen: frozenset[str], destination: Destination
+    ) -> tuple[Decision, _Ops | None]:
+        """Decide, and remember it for (adapter, chosen) where no rule can make it depend on more."""
+        decision = self._decide(adapter, destination, chosen)
+        found = (decision, _simple_ops(decision))
+        if self._no_rule_for(adapter):
+            self._fast[(adapter, chosen)] = found
+        return found
+
+    def _no_rule_for(self, adapter: str) -> bool:
+        """Whether no rule of the configuration can apply to *adapter*'s connections."""
+        rules = self.config.rules if self.config else ()
+        return all(rule.adapters is not None and adapter not in rule.adapters for rule in rules)
 
     def claim(
         self, adapter: str, host: str | None, port: int | None, *, chosen: frozenset[str] | None = None
@@ -299,13 +357,17 @@ class _Runtime:
             if owner is not None and owner.adapter not in self.adapters:
                 owner = None  # claimed by an adapter that is no longer enabled
             if owner is None:
-                if default_adapter not in self.adapters:
-                    return
-                destination = Destination(host=host, address=host, port=port)
-                self.configure_socket(sock, default_adapter, destination)
+                if default_adapter in self.adapters:
+                    self._configure(sock, default_adapter, None, host=host, address=host, port=port)
                 return
-            destination = Destination(host=owner.host or host, address=host, port=owner.port or port)
-            decision = self.configure_socket(sock, owner.adapter, destination, chosen=owner.chosen)
+            decision = self._configure(
+                sock,
+                owner.adapter,
+                owner.chosen,
+                host=owner.host or host,
+                address=host,
+                port=owner.port or port,
+            )
             owner.decisions.append(decision)
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
@@ -356,6 +418,27 @@ class _Runtime:
 
 
 _COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"}
+_UNREADABLE = Decision("skip", reason="the socket cannot be read")
+
+
+_UNUSABLE_SOCKET = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+def _simple_ops(decision: Decision) -> _Ops | None:
+    """The decision's options as plain setsockopt triples, or ``None`` when it needs the full path.
+
+    The full path: ioctls (Windows), notes to log (an option this OS lacks), or an auto user
+    timeout computed from the socket's own timings (see ``sockopts.apply_decided``).
+    """
+    policy = decision.policy
+    if decision.action != "apply" or policy is None:
+        return ()
+    if policy.user_timeout == "auto" and decision.kept & TIMINGS and "user_timeout" not in decision.kept:
+        return None
+    plan = compile_plan(policy, kept=decision.kept)
+    if plan.ioctls or plan.unsupported or any(op.optional for op in plan.setsockopts):
+        return None
+    return tuple((op.level, op.option, op.value) for op in plan.setsockopts)
 
 
 class _ClaimBlock:

@@ -356,8 +356,9 @@ def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(list
     assert not result.ok and result.failed[0][0] == "TCP_KEEPCNT"
 
     kapatch.install(profile="fast-failover")
-    real_apply = runtime.apply_decided
+    real_apply, real_ops = runtime.apply_decided, runtime._simple_ops
     runtime.apply_decided = lambda sock, policy, kept: apply_plan(sock, bad)  # type: ignore[assignment]
+    runtime._simple_ops = lambda decision: None  # type: ignore[assignment]  # the full path
     try:
         with caplog.at_level(logging.WARNING, logger="kapatch"):
             first, second = connect(listener), connect(listener)
@@ -365,7 +366,7 @@ def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(list
             assert kapatch.inspect(first).count != 500  # refused, and the connection is up
             first.sendall(b"x")
     finally:
-        runtime.apply_decided = real_apply  # type: ignore[assignment]
+        runtime.apply_decided, runtime._simple_ops = real_apply, real_ops  # type: ignore[assignment]
     warnings = [r for r in caplog.records if "TCP_KEEPCNT" in r.getMessage()]
     assert len(warnings) == 1
     assert kapatch.status().adapter("socket").counts["failed"] == 2
