@@ -14,7 +14,7 @@ import contextvars
 import os
 import sys
 
-from . import _log
+from . import _ledger, _log
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
 from ._respect import NOTHING, chosen_on_socket, fields_written
@@ -242,6 +242,7 @@ class _Runtime:
                     self._count(adapter, "skipped")
                     return decision
             decision = self._decide(adapter, destination, chosen)
+            _ledger.note(sock.fileno(), adapter, decision.action, decision.kept)  # for kapatch.audit
             if decision.action != "apply" or decision.policy is None:
                 self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
                 return decision
