@@ -33,12 +33,12 @@ def listener() -> Iterator[socket.socket]:
 
 
 def entry(report: AuditReport, port: int, direction: str = "outbound") -> AuditEntry:
+    """The one entry of *direction* whose peer (for a listener: local) port is *port*."""
+    address = "local" if direction == "listening" else "peer"
     found = [
         e
         for e in report.entries
-        if e.direction == direction
-        and (e.peer or "").endswith(f":{port}")
-        or (direction == "listening" and e.direction == "listening" and e.local.endswith(f":{port}"))
+        if e.direction == direction and (getattr(e, address) or "").endswith(f":{port}")
     ]
     assert len(found) == 1, report.render()
     return found[0]
