@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from .policy import Policy
     from .sockopts import KeepaliveState
 
-__all__ = ["AuditEntry", "AuditReport", "audit", "run_audit"]
+__all__ = ["AUDIT_VARIABLE", "AuditEntry", "AuditReport", "arm_from_environment", "audit", "run_audit"]
+
+AUDIT_VARIABLE = "KAPATCH__AUDIT"
+"""Set by ``kapatch run --audit`` (``exit`` or ``exit,signal``); internal, not a setting."""
 
 _FIELD_OF = {"enabled": "enabled", "idle": "idle", "interval": "interval", "count": "count",
              "user_timeout_ms": "user_timeout"}  # fmt: skip
@@ -490,3 +493,30 @@ def run_audit(argv: list[str]) -> int:
         return 2
     print(report.to_json() if args.json else report.render())
     return 1 if report.missed else 0
+
+
+def arm_from_environment() -> None:
+    """``kapatch run --audit``: this process's audit on stderr at exit (and on SIGUSR1); never raises."""
+    try:
+        wanted = os.environ.get(AUDIT_VARIABLE, "")
+        if "exit" in wanted:
+            import atexit
+
+            atexit.register(_print_audit, "at exit")
+        if "signal" in wanted:
+            import signal
+
+            if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+                signal.signal(signal.SIGUSR1, lambda *_: _print_audit("on SIGUSR1"))
+    except Exception as error:
+        sys.stderr.write(f"kapatch: --audit could not be armed: {error!r}\n")
+
+
+def _print_audit(when: str) -> None:
+    try:
+        report = audit()
+        command = " ".join(sys.argv)[:120]
+        sys.stderr.write(f"kapatch audit {when} (pid {os.getpid()}: {command}):\n{report.render()}\n")
+        sys.stderr.flush()
+    except Exception as error:  # never break the program's exit
+        sys.stderr.write(f"kapatch: audit failed: {error!r}\n")

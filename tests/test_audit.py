@@ -228,3 +228,24 @@ def test_unprivileged_audit_is_partial_and_says_why(child: tuple[subprocess.Pope
     assert entries[str(tuned)]["verdict"] == "unverified"
     assert "keepalive on" in entries[str(tuned)]["details"][0]
     assert entries[str(tuned)]["keepalive"] is None
+
+
+def test_kapatch_run_audit_prints_the_audit_at_exit() -> None:
+    program = (
+        "import socket, _socket\n"
+        "server = socket.create_server(('127.0.0.1', 0))\n"
+        "ours = socket.create_connection(server.getsockname())\n"
+        "raw = _socket.socket(); raw.connect(server.getsockname())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kapatch.cli", "run", "--audit", "--idle", "11s", "--interval", "3s",
+         "--count", "4", "--", sys.executable, "-c", program],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # the command's own status, not the audit's
+    assert "kapatch audit at exit" in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "ESTABLISHED" in line]
+    assert len(lines) == 2, done.stderr
+    assert any(line.lstrip().startswith("MATCHES") and "adapter socket" in line for line in lines)
+    assert any(line.lstrip().startswith("MISSED") and "adapter -" in line for line in lines)
