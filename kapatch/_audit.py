@@ -215,7 +215,11 @@ class _Judge:
                         "presumed kept: respect mode keeps values somebody set (no ledger across processes)",
                     ],
                 )
-        if ledger is None:
+        if ledger is None and not self.in_process:
+            details.append("no ledger across processes: which adapter (if any) saw it is not known")
+        elif ledger is None and self.installed is None:
+            details.append("kapatch is not installed in this process")
+        elif ledger is None:
             details.append("kapatch did not configure it (no ledger entry): a path it does not hook")
         return "missed", adapter, policy, described, details
 
