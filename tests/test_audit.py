@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -120,20 +121,25 @@ def test_clients_redis_http_psycopg(
     pool = urllib3.HTTPConnectionPool("127.0.0.1", int(http_server.url.rsplit(":", 1)[1].split("/")[0]))
     assert pool.request("GET", "/ok").status == 200
     conn = psycopg.connect(postgres_server.dsn)
+    web = httpx.Client()
+    assert web.get(http_server.url + "/ok").status_code == 200
     try:
         report = kapatch.audit()
         assert entry(report, redis_server.port).adapter == "redis"
         assert entry(report, redis_server.port).verdict == "matches"
-        http = entry(report, pool.port)
-        assert (http.adapter, http.verdict) == ("urllib3", "matches")
+        by_adapter = {e.adapter: e for e in report.entries}
+        assert by_adapter["urllib3"].verdict == "matches"
+        assert (by_adapter["urllib3"].peer or "").endswith(f":{pool.port}")
         pg = entry(report, postgres_server.port)
         assert pg.verdict == "matches", report.render()
         assert pg.keepalive is not None and pg.keepalive.idle == 11
+        assert by_adapter["httpx"].verdict == "matches"
         assert not report.missed, report.render()
     finally:
         client.close()
         pool.close()
         conn.close()
+        web.close()
 
 
 CHILD = textwrap.dedent(
