@@ -333,7 +333,10 @@ def audit(pid: int | None = None) -> AuditReport:  # noqa: PLR0912, PLR0915  (on
             state = None
             local = peer = None
             if fd is not None and (in_process or pidfd is not None):
-                dup = os.dup(fd) if in_process else _procfs.getfd(pidfd, fd)  # type: ignore[arg-type]
+                try:
+                    dup = os.dup(fd) if in_process else _procfs.getfd(pidfd, fd)  # type: ignore[arg-type]
+                except OSError:
+                    continue  # closed since /proc listed it
                 read = _read(dup, inspect)
                 if read is None:
                     continue  # not TCP
@@ -380,7 +383,11 @@ def audit(pid: int | None = None) -> AuditReport:  # noqa: PLR0912, PLR0915  (on
 def _read(fd: int, inspect: Any) -> tuple[KeepaliveState, str, str | None] | None:
     import _socket
 
-    sock = _socket.socket(fileno=fd)  # owns the duplicate: closed below
+    try:
+        sock = _socket.socket(fileno=fd)  # owns the duplicate from here on: closed below
+    except OSError:
+        os.close(fd)
+        return None
     try:
         if sock.family not in (_socket.AF_INET, _socket.AF_INET6) or sock.type != _socket.SOCK_STREAM:
             return None

@@ -255,3 +255,24 @@ def test_kapatch_run_audit_prints_the_audit_at_exit() -> None:
     assert len(lines) == 2, done.stderr
     assert any(line.lstrip().startswith("MATCHES") and "adapter socket" in line for line in lines)
     assert any(line.lstrip().startswith("MISSED") and "adapter -" in line for line in lines)
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def test_reading_changes_nothing_and_closes_every_duplicate(
+    install: Callable[..., Any], listener: socket.socket, child: tuple[subprocess.Popen[str], int, int]
+) -> None:
+    install(**POLICY)
+    proc = child[0]
+    sock = socket.create_connection(listener.getsockname())
+    try:
+        before_state = kapatch.inspect(sock)
+        before = _open_fds()
+        kapatch.audit()
+        kapatch.audit(proc.pid)
+        assert _open_fds() == before
+        assert kapatch.inspect(sock) == before_state
+    finally:
+        sock.close()
