@@ -357,6 +357,15 @@ def result_of(batch: Batch, run: ClientRun, cap: float) -> dict[str, Any]:
     return res
 
 
+def respect_options(client: str) -> str:
+    """What the socket must show in the respect situation: the application's own values.
+
+    gRPC has no TCP keepalive option: its own 5 s + 3 x 1 s PINGs show as gRPC core's
+    user timeout of 3000 ms (keepalive_timeout_ms), SO_KEEPALIVE off.
+    """
+    return "user timeout 3000 ms" if client.startswith("grpc") else "keepalive 5/1/3"
+
+
 def verdict(res: dict[str, Any]) -> dict[str, Any]:
     """Did this row do what the lab expects? `ok` plus the expectation in words.
 
@@ -376,9 +385,11 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
             lo, hi = POLICY_BOUND + tol, USER_BOUND + tol
             ok = detected and lo < d <= hi  # type: ignore[operator]
             where = "after the cut"
+        wanted = respect_options(res["client"])
+        ok = ok and wanted in (res.get("opts_summary") or "")
         return {
             "expect": f"detected {lo:g}..{hi:g} s {where} (the application's own "
-            f"{USER_BOUND} s, not the policy's {POLICY_BOUND} s)",
+            f"{USER_BOUND} s, not the policy's {POLICY_BOUND} s), options {wanted}",
             "ok": bool(ok),
         }
     if with_k:

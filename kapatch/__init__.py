@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import socket as _socket
     from typing import Any
 
+    from ._audit import AuditEntry, AuditReport, audit
     from ._errors import ConfigError
     from ._plan import Plan
     from ._status import AdapterStatus, Status
@@ -41,6 +42,8 @@ __all__ = [
     "AdapterConfig",
     "AdapterStatus",
     "ApplyResult",
+    "AuditEntry",
+    "AuditReport",
     "Config",
     "ConfigError",
     "Destination",
@@ -52,6 +55,7 @@ __all__ = [
     "Status",
     "__version__",
     "apply",
+    "audit",
     "inspect",
     "install",
     "load_config",
@@ -61,6 +65,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AuditEntry": "._audit",
+    "AuditReport": "._audit",
+    "audit": "._audit",
     "ConfigError": "._errors",
     "AdapterStatus": "._status",
     "Status": "._status",

@@ -82,6 +82,10 @@ def start() -> None:
         activate()
     except Exception as error:
         _report(error, at_startup=True)
+    if os.environ.get("KAPATCH__AUDIT"):  # kapatch run --audit
+        from ._audit import arm_from_environment
+
+        arm_from_environment()
 
 
 def auto() -> None:

@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADAPTER.FIELD=VALUE",
         help=f"per-adapter override, repeatable; fields: {', '.join(ADAPTER_FIELDS)}",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="each Python process of the command prints `kapatch audit` of itself to stderr at exit",
+    )
+    parser.add_argument(
+        "--audit-signal",
+        action="store_true",
+        help="with --audit: also on SIGUSR1 (where the program has no SIGUSR1 handler of its own)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     return parser
 
@@ -150,6 +160,10 @@ def main(argv: Sequence[str]) -> int:
     except UsageError as error:
         sys.stderr.write(f"kapatch run: {error}\n")
         return EXIT_USAGE
+    if arguments.audit or arguments.audit_signal:
+        from ._audit import AUDIT_VARIABLE
+
+        env[AUDIT_VARIABLE] = "exit,signal" if arguments.audit_signal else "exit"
     if installed_file(PTH_NAME) is None:
         sys.stderr.write(
             f"kapatch run: warning: {PTH_NAME} is not installed for {sys.executable}; Python processes "

@@ -22,6 +22,7 @@ commands:
   check HOST:PORT           connect once with the policy and print what the kernel reports
   profiles                  the built-in policy profiles
   status                    the effective configuration
+  audit [--pid PID] [--json]  every TCP socket of a process, read back from the kernel, vs the policy
 
 `kapatch COMMAND --help` describes each one. Environment: KAPATCH_ENABLED=1 turns kapatch
 on in any Python process without a code change.
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("kapatch._check", "run_check"),
     "profiles": ("kapatch.doctor", "run_profiles"),
     "status": ("kapatch.doctor", "run_status"),
+    "audit": ("kapatch._audit", "run_audit"),
 }
 
 

@@ -184,6 +184,8 @@ def collect_report(
                     f"not verified on a socket: {', '.join(unverified)} (see the self-test notes: a rule, "
                     "the adapter selection or respect mode left them alone)"
                 )
+    if self_test:
+        report["audit"] = _audit_this_process(problems)
     if not self_test:
         report["self_test"] = {"skipped": "--no-self-test"}
     report["coverage"] = _coverage_section(infos, config, report.get("self_test", {}), notes)
@@ -214,6 +216,19 @@ def _coverage_section(
     if missed:
         notes.append("connections of these installed libraries do NOT carry the policy: " + "; ".join(missed))
     return section
+
+
+def _audit_this_process(problems: list[str]) -> dict[str, Any]:
+    """``kapatch.audit()`` of the doctor's own process, after the self-test (issue 14)."""
+    from ._audit import audit
+
+    try:
+        found = audit()
+    except Exception as error:
+        problems.append(f"audit: {error!r}")
+        return {"error": repr(error)}
+    problems.extend(f"audit: fd {e.fd} {e.local} -> {e.peer} missed the policy" for e in found.missed)
+    return {"rendered": found.render(), "missed": len(found.missed), "sockets": len(found.entries)}
 
 
 def _kernel_section(notes: list[str]) -> dict[str, int | None]:
@@ -331,6 +346,12 @@ def render_report(report: Mapping[str, Any]) -> str:
     if result is not None:
         _section(lines, "Live self-test (child process, loopback, options read back with getsockopt)")
         lines.extend(_render_self_test(result))
+    if "audit" in report:
+        _section(lines, "Audit of this process (every TCP socket it holds, read back)")
+        lines.extend(
+            "  " + line
+            for line in report["audit"].get("rendered", report["audit"].get("error", "")).splitlines()
+        )
     for note in report["notes"]:
         lines.append("")
         lines.extend(textwrap.wrap(f"note: {note}", 100, subsequent_indent="  "))

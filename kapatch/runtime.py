@@ -15,7 +15,7 @@ import errno
 import os
 import sys
 
-from . import _log
+from . import _ledger, _log
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
 from ._respect import NOTHING, TIMINGS, chosen_on_socket, fields_written
@@ -265,6 +265,7 @@ class _Runtime:
             if fast is None:
                 fast = self._decide_once(adapter, chosen, Destination(host=host, address=address, port=port))
             decision, ops = fast
+            _ledger.note(sock, adapter, decision.action, decision.kept)  # for kapatch.audit
             if decision.action != "apply" or decision.policy is None:
                 self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
                 return decision

@@ -96,9 +96,13 @@ def _chosen(keepalive: object, options: Mapping[int, object], defaults: _Default
         chosen = frozenset({"enabled"}) if keepalive else keepalive_off(NOTHING)
     if not keepalive:
         return chosen  # redis writes no option at all with keepalive off
-    for option, value in options.items():
+    if options == dict(defaults.options):
+        return chosen  # exactly redis-py's defaults: taken as not given (they cannot be told apart)
+    # Options given replace redis-py's defaults whole (they are not merged): every keepalive
+    # entry of a dict the application passed is its choice, one equal to a default included.
+    for option in options:
         field = option_field(_socket.IPPROTO_TCP, option)
-        if field is not None and defaults.options.get(option, _MISSING) != value:
+        if field is not None:
             chosen |= {field}
     return chosen
 
