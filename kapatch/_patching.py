@@ -42,6 +42,30 @@ class Patcher:
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self._saved.append((owner, name, original))
 
+    def wrap_function(self, owner: object, name: str, wrapper: Wrapper) -> None:
+        """Like :meth:`wrap`, for a plain module-level function, without importing wrapt.
+
+        For hooks that go on at interpreter start or on a module every program imports
+        (asyncio): wrapt costs ~75 ms to import there. A function needs no descriptor
+        handling, so a closure with the same ``(wrapped, instance, args, kwargs)`` call
+        does; the original is kept as ``__wrapped__`` and restored exactly.
+        """
+        with self._lock:
+            if any(o is owner and n == name for o, n, _ in self._saved):
+                return
+            saved = vars(owner).get(name, _MISSING)
+            original = getattr(owner, name)
+
+            def patched(*args: Any, **kwargs: Any) -> Any:
+                return wrapper(original, None, args, kwargs)
+
+            for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+                if hasattr(original, attribute):
+                    setattr(patched, attribute, getattr(original, attribute))
+            patched.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(owner, name, patched)
+            self._saved.append((owner, name, saved))
+
     def after_fork_in_child(self) -> None:
         """A lock another thread held at fork time would never be released in the child."""
         self._lock = _thread.allocate_lock()

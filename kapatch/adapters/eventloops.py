@@ -56,8 +56,9 @@ class EventLoopsAdapter(Adapter):
     def patch(self, module_name: str) -> None:
         asyncio = sys.modules[module_name]
         # base_events calls events._set_running_loop; third-party loops often asyncio's name.
-        self.patcher.wrap(asyncio.events, "_set_running_loop", self._set_running_loop)
-        self.patcher.wrap(asyncio, "_set_running_loop", self._set_running_loop)
+        # Plain functions, patched without wrapt: every asyncio program imports this module.
+        self.patcher.wrap_function(asyncio.events, "_set_running_loop", self._set_running_loop)
+        self.patcher.wrap_function(asyncio, "_set_running_loop", self._set_running_loop)
 
     def disable(self) -> None:
         super().disable()

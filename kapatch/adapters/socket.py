@@ -5,8 +5,9 @@ asyncio's selector loop (which connects through ``sock.connect``) and every
 pure-Python client, through the shared connect hook (``kapatch/_connect_hook.py``).
 This adapter decides for connections that no library adapter claimed.
 
-Not covered: sockets connected in C (libpq, uvloop/libuv) and gevent's socket
-class, which does not inherit from the stdlib one.
+Other paths have adapters of their own: gevent's socket class (not a stdlib subclass:
+``gevent``), uvloop's loop (libuv connects in C: ``uvloop``), and C clients (``psycopg``,
+``psycopg2``, ``mysqlclient``, ``grpc``).
 """
 
 from __future__ import annotations
