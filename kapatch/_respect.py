@@ -79,9 +79,16 @@ def option_field(level: int, option: int) -> str | None:
 
 
 def chosen_in_options(socket_options: Iterable[Any] | None) -> frozenset[str]:
-    """The fields a list of ``(level, option, value)`` triples chooses (urllib3, httpcore, ...)."""
+    """The fields a list of ``(level, option, value)`` triples chooses (urllib3, httpcore, ...).
+
+    Only a list or tuple is read: iterating anything else (a generator) would use it up
+    before the library itself reads it. Such options are not read (nothing chosen), and the
+    library's own writes after connecting still land on the fields they set.
+    """
     chosen: set[str] = set()
-    for entry in socket_options or ():
+    if not isinstance(socket_options, (list, tuple)):
+        return NOTHING
+    for entry in socket_options:
         try:
             field = _OPTION_FIELDS.get((int(entry[0]), int(entry[1])))
             value = entry[2]
