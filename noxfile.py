@@ -38,7 +38,6 @@ UNPINNED_IN_OLDEST = [
     "pymongo>=4.9",  # tests/test_adapter_pymongo.py imports pymongo.pool_shared (4.9+)
     "motor>=3.6",
     "amqp>=5.0",
-    "kombu>=5.3",
 ]
 OLDEST = [
     "urllib3==1.26.*",
@@ -50,6 +49,7 @@ OLDEST = [
     "psycopg2-binary==2.9.1",  # the first 2.9 with Python 3.10 wheels
     "mysqlclient==2.1.*",  # built from source: scripts/install-system-deps installs libmariadb-dev
     "grpcio==1.50.*",
+    "kombu==5.4.*",  # newer kombu refuses redis-py < 6.1 at run time
     "wrapt==1.14.*",
     "tomli==1.1.*",
 ]

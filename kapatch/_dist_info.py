@@ -52,6 +52,8 @@ def _list_distributions() -> tuple[tuple[str, str, str | None], ...]:
                 continue
             stem = entry.rsplit(".", 1)[0]
             name, _, version = stem.partition("-")
+            if entry.endswith(".egg-info"):
+                version = version.partition("-")[0]  # setup.py's egg-info: name-1.2.3-py3.10
             found.append((os.path.join(directory or ".", entry), _normalise(name), version or None))
     return tuple(found)
 

@@ -115,7 +115,11 @@ if options:
               "socket_keepalive_options": {getattr(socket, k): v for k, v in options.items()}}
 client = redis.Redis(host="127.0.0.1", port=int(os.environ["REDIS_PORT"]), **kwargs)
 assert client.ping()
-connection = client.connection_pool.get_connection()
+import inspect
+command = inspect.signature(client.connection_pool.get_connection).parameters.get("command_name")
+# redis-py < 5.3 requires a command name; later versions deprecate passing one.
+needs = command is not None and command.default is inspect.Parameter.empty
+connection = client.connection_pool.get_connection(*(("PING",) if needs else ()))
 report(connection._sock)
 """,
     "pymysql": """

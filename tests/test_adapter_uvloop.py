@@ -46,8 +46,14 @@ def with_uvloop_install(main: Callable[[], Awaitable[Any]]) -> Any:
 def with_loop_factory(main: Callable[[], Awaitable[Any]]) -> Any:
     if sys.version_info >= (3, 12):
         return asyncio.run(main(), loop_factory=uvloop.new_event_loop)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # asyncio.run's own engine
-        return runner.run(main())
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # asyncio.run's own engine
+            return runner.run(main())
+    loop = uvloop.new_event_loop()  # Python 3.10 has neither: the same factory, run by hand
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 ENTRY_POINTS = [with_uvloop_run, with_uvloop_install, with_loop_factory]
@@ -130,12 +136,20 @@ def test_explicit_sock_the_application_configured(install, listener, mode):
         assert got == WANTED
 
 
+def _pool_args(client: Any) -> tuple[str, ...]:
+    # redis-py < 5.3 requires a command name; later versions deprecate passing one.
+    import inspect
+
+    command = inspect.signature(client.connection_pool.get_connection).parameters.get("command_name")
+    return ("PING",) if command is not None and command.default is inspect.Parameter.empty else ()
+
+
 async def redis_row(port: int, **options: Any) -> tuple[int, ...]:
     on_uvloop()
     client = redis.asyncio.Redis(host="127.0.0.1", port=port, **options)
     try:
         assert await client.ping()
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection(*_pool_args(client))
         try:
             return row(connection._writer.transport.get_extra_info("socket"))
         finally:
