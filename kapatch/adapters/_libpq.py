@@ -19,10 +19,12 @@ from .._records import record
 from .._respect import NOTHING, TIMINGS, _kernel_defaults, fields_written, keepalive_off
 from ..policy import MAX_USER_TIMEOUT_MS, Mode
 from ..rules import Destination
+from ._base import Adapter
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from typing import Any
 
     from ..policy import Policy
     from ._context import AdapterContext
@@ -277,3 +279,28 @@ def service_parameters(
 def with_service(params: Mapping[str, object]) -> dict[str, object]:
     """*params* with what a service file adds: its values fill what the conninfo leaves out, as in libpq."""
     return {**service_parameters(params), **params}
+
+
+class LibpqAdapter(Adapter):
+    """What the libpq adapters (psycopg, psycopg2) share: rewrite the connect call's arguments.
+
+    Subclasses implement :meth:`_configure`; the wrapper never stops the application from
+    connecting. It serves async connects too: it only rewrites the arguments and returns
+    wrapped()'s coroutine untouched, so nothing here blocks or awaits.
+    """
+
+    def _wrap_connect(
+        self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            args, kwargs = self._configure(args, kwargs)
+        except Exception as error:  # never stop the application from connecting
+            if self.context is not None:
+                self.context.record_failure(self.name, "preparing libpq keepalive parameters", error)
+        return wrapped(*args, **kwargs)
+
+    def _configure(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments to connect with: the policy added, or the call unchanged."""
+        raise NotImplementedError

@@ -30,10 +30,10 @@ from types import MappingProxyType
 
 from .. import _log
 from .._memo import remember
-from ._base import Adapter
 from ._libpq import (
     KEEPALIVE_PARAMETERS,
     TCP_USER_TIMEOUT_SINCE,
+    LibpqAdapter,
     libpq_destination,
     libpq_parameters,
     plan_parameters,
@@ -43,7 +43,7 @@ from ._libpq import (
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping
+    from collections.abc import Collection, Mapping
     from typing import Any, ClassVar
 
     from ._libpq import LibpqPlan
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-class PsycopgAdapter(Adapter):
+class PsycopgAdapter(LibpqAdapter):
     name: ClassVar[str] = "psycopg"
     distribution = "psycopg"
     modules = ("psycopg",)
@@ -88,18 +88,6 @@ class PsycopgAdapter(Adapter):
         # ``psycopg.connect`` would bypass the class attribute: wrap that binding too.
         if getattr(psycopg, "connect", None) is not None:
             self.patcher.wrap(psycopg, "connect", self._wrap_connect)
-
-    def _wrap_connect(
-        self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        # The same wrapper serves the async connect: it only rewrites the arguments and
-        # returns wrapped()'s coroutine untouched, so nothing here blocks or awaits.
-        try:
-            args, kwargs = self._configure(args, kwargs)
-        except Exception as error:  # never stop the application from connecting
-            if self.context is not None:
-                self.context.record_failure(self.name, "preparing libpq keepalive parameters", error)
-        return wrapped(*args, **kwargs)
 
     def _configure(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -34,18 +34,17 @@ from types import MappingProxyType
 
 from .. import _log
 from .._memo import remember
-from ._base import Adapter
-from ._libpq import TCP_USER_TIMEOUT_SINCE, plan_parameters, with_service
+from ._libpq import TCP_USER_TIMEOUT_SINCE, LibpqAdapter, plan_parameters, with_service
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
     from typing import Any, ClassVar
 
 __all__ = ["Psycopg2Adapter"]
 
 
-class Psycopg2Adapter(Adapter):
+class Psycopg2Adapter(LibpqAdapter):
     name: ClassVar[str] = "psycopg2"
     distribution = "psycopg2"
     alternative_distributions = ("psycopg2-binary",)
@@ -71,16 +70,6 @@ class Psycopg2Adapter(Adapter):
                 version,
             )
         self.patcher.wrap(psycopg2, "_connect", self._wrap_connect)
-
-    def _wrap_connect(
-        self, wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        try:
-            args, kwargs = self._configure(args, kwargs)
-        except Exception as error:  # never stop the application from connecting
-            if self.context is not None:
-                self.context.record_failure(self.name, "preparing libpq keepalive parameters", error)
-        return wrapped(*args, **kwargs)
 
     def _configure(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
