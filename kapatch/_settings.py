@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._errors import ConfigError
 from ._log import LEVELS
 from ._records import field, record
-from .policy import Mode, parse_bool, parse_policy_fields
+from .policy import POLICY_FIELDS, Mode, parse_bool, parse_policy_fields
 from .profiles import get_profile
 from .rules import Rule, parse_matcher
 
@@ -116,7 +116,7 @@ def _policy_field(name: str) -> Callable[[object, str], object]:
 
 
 POLICY_SETTINGS: dict[str, Callable[[object, str], object]] = {
-    name: _policy_field(name) for name in ("enabled", "idle", "interval", "count", "user_timeout")
+    name: _policy_field(name) for name in POLICY_FIELDS
 }
 
 ADAPTER_FIELDS: dict[str, Callable[[object, str], object]] = {

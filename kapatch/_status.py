@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ._records import field, record
-from .adapters._base import COUNTERS
+from .adapters._base import COUNTERS, POOL_COUNTERS
 from .config import Config
 from .policy import Mode, Policy
 
-__all__ = ["COUNTERS", "AdapterStatus", "Status"]
+__all__ = ["COUNTERS", "POOL_COUNTERS", "AdapterStatus", "Status"]
 
 
 @record
@@ -26,6 +26,10 @@ class AdapterStatus:
     counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(COUNTERS, 0)))
     kept: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Respect mode: per field, how many connections kept the application's own value."""
+    pool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(POOL_COUNTERS, 0)))
+    """Pooled connections: heartbeats sent and failed, connections replaced and evicted."""
+    pool_support: str = ""
+    """What ``heartbeat``/``max_idle`` do for this adapter's library, when either is set."""
 
 
 @record
@@ -52,6 +56,9 @@ class Status:
             lines.append(f"  [{state}] {a.name}{version}: {a.reason}")
             if a.enabled:
                 lines.append(f"        {a.policy.describe()}; mode {a.mode}; {counts}")
+                if a.pool_support:
+                    pool = " ".join(f"{k}={v}" for k, v in a.pool.items())
+                    lines.append(f"        pools: {a.pool_support}; {pool}")
                 if a.kept:
                     kept = ", ".join(f"{name} x{n}" for name, n in sorted(a.kept.items()))
                     lines.append(f"        kept as the application chose them: {kept}")

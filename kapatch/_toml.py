@@ -24,6 +24,7 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._settings import ADAPTER_FIELDS, GLOBAL_SETTINGS, Layer, suggest
+from .policy import POLICY_FIELDS
 from .rules import Rule
 
 if sys.version_info >= (3, 11):
@@ -33,8 +34,7 @@ else:  # pragma: no cover - exercised on 3.10 by the version matrix
 
 __all__ = ["MAX_FILE_BYTES", "file_on_error", "load_toml", "read_toml"]
 
-_RULE_KEYS = ("match", "skip", "profile", "adapters", "idle", "interval", "count",
-              "user_timeout", "enabled")  # fmt: skip
+_RULE_KEYS = ("match", "skip", "profile", "adapters", *POLICY_FIELDS)
 
 
 MAX_FILE_BYTES = 1 << 20

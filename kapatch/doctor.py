@@ -58,6 +58,20 @@ def _policy_dict(policy: Policy) -> dict[str, Any]:
     }
 
 
+def _pool_support(name: str, policy: Policy) -> str:
+    """What heartbeat/max_idle do for adapter *name*'s library ("" when neither is set)."""
+    from ._registry import adapter_entry_points
+    from .runtime import _load, pool_support
+
+    target = adapter_entry_points().get(name)
+    if target is None or (policy.heartbeat is None and policy.max_idle is None):
+        return ""
+    try:
+        return pool_support(_load(target), policy)
+    except Exception as error:  # a third-party adapter that does not load: said, not hidden
+        return f"unknown (the adapter does not load: {error})"
+
+
 def _config_section(config: Config, adapters: Sequence[str]) -> dict[str, Any]:
     per_adapter = {}
     for name in adapters:
@@ -67,6 +81,7 @@ def _config_section(config: Config, adapters: Sequence[str]) -> dict[str, Any]:
             "policy": _policy_dict(adapter.policy),
             "mode": str(adapter.mode),
             "sources": dict(adapter.sources),
+            "pools": _pool_support(name, adapter.policy),
         }
     return {
         "enabled": config.enabled,
@@ -400,6 +415,8 @@ def _render_configuration(lines: list[str], config: Mapping[str, Any]) -> None:
         for field in (*POLICY_FIELDS, "mode"):
             by_source.setdefault(adapter["sources"].get(field, "default"), []).append(field)
         lines.extend(f"      {', '.join(fields)} <- {source}" for source, fields in by_source.items())
+        if adapter.get("pools"):
+            lines.append(f"      pooled connections: {adapter['pools']}")
 
 
 def _render_probes(lines: list[str], probes: Mapping[str, Any]) -> None:

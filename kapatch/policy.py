@@ -15,8 +15,11 @@ __all__ = [
     "MAX_COUNT",
     "MAX_IDLE_S",
     "MAX_INTERVAL_S",
+    "MAX_POOL_DURATION_MS",
     "MAX_USER_TIMEOUT_MS",
     "POLICY_FIELDS",
+    "POOL_FIELDS",
+    "SOCKET_FIELDS",
     "Mode",
     "Policy",
     "UserTimeout",
@@ -35,7 +38,19 @@ MAX_USER_TIMEOUT_MS = 2**31 - 1
 UserTimeout: TypeAlias = "int | Literal['auto', 'off']"
 """Milliseconds, ``"auto"`` (idle + interval * count) or ``"off"`` (the kernel's retransmission limit)."""
 
-POLICY_FIELDS = ("enabled", "idle", "interval", "count", "user_timeout")
+POLICY_FIELDS = (
+    "enabled", "idle", "interval", "count", "user_timeout", "heartbeat", "heartbeat_timeout", "max_idle",
+)  # fmt: skip
+SOCKET_FIELDS = POLICY_FIELDS[:5]
+"""The fields written to the socket; the others act on pooled connections (``POOL_FIELDS``)."""
+POOL_FIELDS = POLICY_FIELDS[5:]
+"""Fields the pool-aware adapters carry into their library's pool: heartbeat, max_idle."""
+
+# An application-level proof or an idle limit beyond a week is a typo, not a policy.
+MAX_POOL_DURATION_MS = 7 * 24 * 3600 * 1000
+# Linux's own defaults (tcp_keepalive_intvl 75 s, tcp_keepalive_probes 9): the heartbeat
+# deadline of a policy that keeps the OS timings.
+_OS_INTERVAL_TIMES_COUNT_S = 75 * 9
 
 
 class Mode(str):
@@ -102,6 +117,13 @@ class Policy:
     """Milliseconds sent data may stay unacknowledged (TCP_USER_TIMEOUT), ``"auto"`` or ``"off"``."""
     enabled: bool = True
     """``False`` leaves connections exactly as the application made them."""
+    heartbeat: int | None = None
+    """Milliseconds a pooled connection may sit idle before the library's own application-level
+    check (redis PING, psycopg_pool's check, gRPC PING) proves the peer process answers; ``None``: off."""
+    heartbeat_timeout: int | Literal["auto"] = "auto"
+    """Milliseconds the heartbeat's reply may take; ``"auto"``: interval * count."""
+    max_idle: int | None = None
+    """Milliseconds a pooled connection may sit idle before it is discarded instead of reused."""
 
     def __post_init__(self) -> None:
         for name in POLICY_FIELDS:
@@ -155,6 +177,25 @@ class Policy:
             return None
         return self.idle + self.interval * self.count
 
+    @property
+    def heartbeat_s(self) -> float | None:
+        """The heartbeat interval in seconds, or ``None`` when off."""
+        return None if self.heartbeat is None else self.heartbeat / 1000
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """The heartbeat's reply deadline in seconds (``"auto"``: interval * count)."""
+        if self.heartbeat_timeout != "auto":
+            return self.heartbeat_timeout / 1000
+        if self.interval is None or self.count is None:
+            return float(_OS_INTERVAL_TIMES_COUNT_S)
+        return float(self.interval * self.count)
+
+    @property
+    def max_idle_s(self) -> float | None:
+        """The pooled-connection idle limit in seconds, or ``None`` when off."""
+        return None if self.max_idle is None else self.max_idle / 1000
+
     def _auto_user_timeout_ms(self) -> int | None:
         bound = self.detection_bound_s
         return None if bound is None else bound * 1000
@@ -171,7 +212,18 @@ class Policy:
         shown = "off" if timeout is None else f"{timeout}ms"
         if self.user_timeout == "auto" and timeout is not None:
             shown += " (auto)"
-        return f"{timings}, user timeout {shown}"
+        line = f"{timings}, user timeout {shown}"
+        if self.heartbeat is not None:
+            auto = " (auto)" if self.heartbeat_timeout == "auto" else ""
+            deadline = f"{self.heartbeat_timeout_s:g}s{auto}"
+            line += f", heartbeat {_seconds(self.heartbeat)} with reply within {deadline}"
+        if self.max_idle is not None:
+            line += f", max idle {_seconds(self.max_idle)}"
+        return line
+
+
+def _seconds(millis: int) -> str:
+    return f"{millis / 1000:g}s"
 
 
 _BOOL_WORDS = {
@@ -240,12 +292,31 @@ def _user_timeout(value: object, setting: str) -> UserTimeout:
     return millis
 
 
+def _pool_duration(value: object, setting: str, *, auto: bool = False) -> int | str | None:
+    word = "auto" if auto else "off"
+    allowed = f'"{word}", or {DURATION_HELP}, from 1ms to {MAX_POOL_DURATION_MS // 1000}s'
+    if value is None and not auto:
+        return None
+    if isinstance(value, str) and value.strip().lower() == word:
+        return None if word == "off" else "auto"
+    try:
+        millis = parse_duration_ms(value, setting)
+    except ConfigError:
+        raise ConfigError(setting, value, allowed) from None
+    if not 1 <= millis <= MAX_POOL_DURATION_MS:
+        raise ConfigError(setting, value, allowed)
+    return millis
+
+
 _PARSERS: dict[str, Callable[[object, str], object]] = {
     "enabled": parse_bool,
     "idle": lambda value, setting: _whole_seconds(value, setting, MAX_IDLE_S),
     "interval": lambda value, setting: _whole_seconds(value, setting, MAX_INTERVAL_S),
     "count": _count,
     "user_timeout": _user_timeout,
+    "heartbeat": _pool_duration,
+    "heartbeat_timeout": lambda value, setting: _pool_duration(value, setting, auto=True),
+    "max_idle": _pool_duration,
 }
 
 
@@ -254,7 +325,11 @@ _RANGES: dict[str, tuple[int, int]] = {
     "interval": (1, MAX_INTERVAL_S),
     "count": (1, MAX_COUNT),
     "user_timeout": (1, MAX_USER_TIMEOUT_MS),
+    "heartbeat": (1, MAX_POOL_DURATION_MS),
+    "heartbeat_timeout": (1, MAX_POOL_DURATION_MS),
+    "max_idle": (1, MAX_POOL_DURATION_MS),
 }
+_UNITS = {"idle": "s", "interval": "s", "count": " probes"}  # the rest are milliseconds
 
 
 def validate_field(name: str, value: object, setting: str) -> None:
@@ -265,16 +340,19 @@ def validate_field(name: str, value: object, setting: str) -> None:
         if not isinstance(value, bool):
             raise ConfigError(setting, value, "a bool")
         return
-    if value is None and name != "user_timeout":
+    if value is None and name not in ("user_timeout", "heartbeat_timeout"):
         return
-    if name == "user_timeout" and value in ("auto", "off"):
+    if value in {"user_timeout": ("auto", "off"), "heartbeat_timeout": ("auto",)}.get(name, ()):
         return
     low, high = _RANGES[name]
-    unit = {"idle": "s", "interval": "s", "count": " probes", "user_timeout": "ms"}[name]
-    allowed = f"an int from {low} to {high}{unit}"
+    allowed = f"an int from {low} to {high}{_UNITS.get(name, 'ms')}"
     if name == "user_timeout":
         allowed += ', "auto" or "off"'
-    elif name != "count" or value is not None:
+    elif name == "heartbeat_timeout":
+        allowed += ' or "auto"'
+    elif name in ("heartbeat", "max_idle"):
+        allowed += ", or None for off"
+    else:
         allowed += ", or None for the OS timings"
     if isinstance(value, str):
         allowed += " (use Policy.parse() to read strings such as '45s')"

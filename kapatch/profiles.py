@@ -43,36 +43,43 @@ _PROFILES = (
     ),
     Profile(
         "aws",
-        Policy(idle=180, interval=20, count=4),
+        Policy(idle=180, interval=20, count=4, max_idle=300_000),
         "AWS NLB, NAT Gateway, Gateway LB and Network Firewall forget idle flows after 350 s "
         "(NAT Gateway then answers with RST). First probe at 180 s; dead after 260 s, "
-        "still inside 350 s even when probes are lost.",
+        "still inside 350 s even when probes are lost. Pools drop a connection idle 300 s "
+        "(max_idle) rather than reuse one the box may have forgotten.",
     ),
     Profile(
         "azure",
-        Policy(idle=120, interval=15, count=4),
+        Policy(idle=120, interval=15, count=4, max_idle=200_000),
         "Azure Load Balancer and NAT Gateway default to a 4 min (240 s) idle timeout and "
-        "drop silently. First probe at 120 s; dead after 180 s, inside 240 s.",
+        "drop silently. First probe at 120 s; dead after 180 s, inside 240 s. Pools drop a "
+        "connection idle 200 s (max_idle), before the box's 240 s.",
     ),
     Profile(
         "gcp",
-        Policy(idle=300, interval=30, count=5),
+        Policy(idle=300, interval=30, count=5, max_idle=540_000),
         "GCP VPC firewall connection tracking forgets idle flows after 10 min (600 s); "
-        "Cloud NAT after 1200 s. First probe at 300 s; dead after 450 s, inside 600 s.",
+        "Cloud NAT after 1200 s. First probe at 300 s; dead after 450 s, inside 600 s. "
+        "Pools drop a connection idle 540 s (max_idle), before the firewall's 600 s.",
     ),
     Profile(
         "kubernetes",
-        Policy(idle=120, interval=20, count=5),
+        Policy(idle=120, interval=20, count=5, heartbeat=60_000, max_idle=200_000),
         "kube-proxy IPVS and Docker Swarm forget idle flows after 900 s, and clusters usually "
         "sit behind a cloud NAT too; dead after 220 s keeps under the strictest of those "
-        "(Azure, 240 s) and well under IPVS.",
+        "(Azure, 240 s) and well under IPVS. A service mesh sidecar answers keepalive for "
+        "the peer, so a pooled connection idle 60 s is proven by a heartbeat before reuse "
+        "(its reply within interval * count, 100 s), and one idle 200 s is dropped (max_idle).",
     ),
     Profile(
         "fast-failover",
-        Policy(idle=10, interval=5, count=3),
+        Policy(idle=10, interval=5, count=3, heartbeat=10_000),
         "For fail-over of databases and caches: a vanished peer is detected 25 s after the "
         "last packet, and unacknowledged data gives up after the same 25 s (user timeout). "
-        "Costs one probe every 10 s per idle connection.",
+        "Costs one probe every 10 s per idle connection. A pooled connection idle 10 s is "
+        "proven by a heartbeat (reply within 15 s) before reuse: a hung server process "
+        "answers keepalive from its kernel, never the heartbeat.",
     ),
     Profile(
         "os-default",

@@ -19,7 +19,7 @@ from . import _ledger, _log
 from ._import_hooks import ImportHooks
 from ._registry import adapter_entry_points
 from ._respect import NOTHING, TIMINGS, chosen_on_socket, fields_written
-from .adapters._base import COUNTERS, Adapter, Claim, Decision
+from .adapters._base import COUNTERS, POOL_COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
 from .rules import Destination, first_match
@@ -54,6 +54,7 @@ class _Runtime:
         self.reasons: dict[str, str] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.kept: dict[str, dict[str, int]] = {}  # adapter -> field -> connections that kept it
+        self.pool_counts: dict[str, dict[str, int]] = {}  # adapter -> POOL_COUNTERS -> events
         self.logged: set[tuple[str, ...]] = set()
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
@@ -77,10 +78,12 @@ class _Runtime:
                     self._configs[name] = config.for_adapter(name)
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
                     self.kept.pop(name, None)
+                    self.pool_counts.pop(name, None)
                     if not config.wants_adapter(name):
                         self.reasons[name] = "not selected by the configuration"
                         continue
                     self._enable(name, target)
+                self._say_pool_gaps()
                 hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self.adapters.values()))
                 if hooks:
                     generation = self.generation
@@ -188,6 +191,10 @@ class _Runtime:
                         mode=adapter_config.mode,
                         counts=MappingProxyType(dict(self.counts.get(name, dict.fromkeys(COUNTERS, 0)))),
                         kept=MappingProxyType(dict(self.kept.get(name, {}))),
+                        pool=MappingProxyType(
+                            {**dict.fromkeys(POOL_COUNTERS, 0), **self.pool_counts.get(name, {})}
+                        ),
+                        pool_support=pool_support(adapter, adapter_config.policy) if adapter else "",
                     )
                 )
             return Status(installed=True, config=self.config, adapters=tuple(entries))
@@ -391,6 +398,38 @@ class _Runtime:
                 counts = self.counts[adapter] = dict.fromkeys(COUNTERS, 0)
             counts[counter] += 1
 
+    def count_pool(self, adapter: str, event: str, n: int = 1) -> None:
+        try:
+            with self._stats_lock:
+                counts = self.pool_counts.setdefault(adapter, {})
+                counts[event] = counts.get(event, 0) + n
+        except Exception:  # a counter must never break the pool that counts
+            pass
+
+    def _say_pool_gaps(self) -> None:
+        """One log line when ``heartbeat`` or ``max_idle`` is set for a pooled library that cannot carry it.
+
+        A warning when the user set the field; when only a profile did, a notice (doctor and
+        status say it either way): the profile cannot know which libraries the program uses.
+        """
+        gaps: dict[bool, list[str]] = {True: [], False: []}
+        for name, adapter in self.adapters.items():
+            adapter_config = self._configs[name]
+            for field, mechanism in _POOL_MECHANISMS:
+                value = getattr(adapter_config.policy, field)
+                if adapter.pooled and value is not None and getattr(adapter, mechanism) is None:
+                    by_user = not adapter_config.sources.get(field, "").startswith("profile")
+                    gaps[by_user].append(f"{name} ({field})")
+        for by_user, names in gaps.items():
+            if names:
+                self._log_once(
+                    ("pool-gaps", str(by_user), str(self.generation)),  # once per install
+                    _log.WARNING if by_user else _log.INFO,
+                    "kapatch: not carried to %s: these libraries have no mechanism for it, so their "
+                    "pooled connections get keepalive only (see `kapatch doctor`)",
+                    ", ".join(names),
+                )
+
     def _count_decision(self, adapter: str, decision: Decision, counter: str) -> None:
         self._count(adapter, counter)
         if decision.kept:
@@ -415,10 +454,30 @@ class _Runtime:
             adapter.patcher.after_fork_in_child()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
         self.kept = {}
+        self.pool_counts = {}
         self.logged = set()
 
 
 _COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"}
+_POOL_MECHANISMS = (("heartbeat", "heartbeat_mechanism"), ("max_idle", "max_idle_mechanism"))
+
+
+def pool_support(adapter: type[Adapter] | Adapter, policy: Any) -> str:
+    """What this policy's ``heartbeat`` and ``max_idle`` do for *adapter*'s library; "" if neither is set."""
+    parts = []
+    for field, mechanism in _POOL_MECHANISMS:
+        if getattr(policy, field) is None:
+            continue
+        how = getattr(adapter, mechanism)
+        if not adapter.pooled:
+            parts.append(f"{field}: not applicable (no pool)")
+        elif how is None:
+            parts.append(f"{field}: NOT carried (the library has no mechanism)")
+        else:
+            parts.append(f"{field}: {how}")
+    return "; ".join(parts)
+
+
 _UNREADABLE = Decision("skip", reason="the socket cannot be read")
 
 

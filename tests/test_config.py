@@ -73,6 +73,9 @@ GLOBAL_CASES: list[tuple[str, str, Callable[[Config], object], object]] = [
     ("KAPATCH_INTERVAL", "15s", lambda c: c.policy.interval, 15),
     ("KAPATCH_COUNT", "7", lambda c: c.policy.count, 7),
     ("KAPATCH_USER_TIMEOUT", "1500ms", lambda c: c.policy.user_timeout, 1500),
+    ("KAPATCH_HEARTBEAT", "30s", lambda c: (c.policy.heartbeat, c.policy.heartbeat_s), (30_000, 30.0)),
+    ("KAPATCH_HEARTBEAT_TIMEOUT", "1500ms", lambda c: c.policy.heartbeat_timeout_s, 1.5),
+    ("KAPATCH_MAX_IDLE", "5m", lambda c: c.policy.max_idle_s, 300.0),
     ("KAPATCH_MODE", "override", lambda c: c.mode, Mode.OVERRIDE),
     ("KAPATCH_ADAPTERS", "redis, psycopg", lambda c: c.adapters, frozenset({"redis", "psycopg"})),
     ("KAPATCH_DISABLED_ADAPTERS", "*", lambda c: any(c.wants_adapter(n) for n in ADAPTERS), False),
@@ -116,6 +119,9 @@ ADAPTER_VALUES: dict[str, tuple[str, Callable[[object], object], object]] = {
     "interval": ("3", lambda a: a.policy.interval, 3),  # type: ignore[attr-defined]
     "count": ("2", lambda a: a.policy.count, 2),  # type: ignore[attr-defined]
     "user_timeout": ("900ms", lambda a: a.policy.user_timeout, 900),  # type: ignore[attr-defined]
+    "heartbeat": ("20s", lambda a: a.policy.heartbeat, 20_000),  # type: ignore[attr-defined]
+    "heartbeat_timeout": ("750ms", lambda a: a.policy.heartbeat_timeout, 750),  # type: ignore[attr-defined]
+    "max_idle": ("2m", lambda a: a.policy.max_idle, 120_000),  # type: ignore[attr-defined]
     "profile": ("fast-failover", lambda a: a.policy, PROFILES["fast-failover"].policy),  # type: ignore[attr-defined]
     "mode": ("override", lambda a: a.mode, Mode.OVERRIDE),  # type: ignore[attr-defined]
 }
@@ -138,7 +144,7 @@ def test_every_per_adapter_variable(adapter: str, field: str) -> None:
 
 def test_an_adapter_profile_then_its_own_fields() -> None:
     config = load_config(environ={"KAPATCH_REDIS_PROFILE": "fast-failover", "KAPATCH_REDIS_IDLE": "20s"})
-    assert config.for_adapter("redis").policy == Policy(idle=20, interval=5, count=3)
+    assert config.for_adapter("redis").policy == Policy(idle=20, interval=5, count=3, heartbeat=10_000)
     assert config.for_adapter("redis").sources["idle"] == "env KAPATCH_REDIS_IDLE"
     assert config.for_adapter("redis").sources["count"] == "profile fast-failover (env KAPATCH_REDIS_PROFILE)"
 
@@ -152,6 +158,9 @@ idle = "90s"
 interval = 10
 count = 3
 user_timeout = "auto"
+heartbeat = "45s"
+heartbeat_timeout = "2s"
+max_idle = "off"
 mode = "override"
 adapters = ["redis", "psycopg", "socket"]
 disabled_adapters = ["psycopg"]
@@ -167,6 +176,9 @@ idle = "20s"
 interval = "2s"
 count = 4
 user_timeout = "off"
+heartbeat = "off"
+heartbeat_timeout = "auto"
+max_idle = "90s"
 mode = "respect"
 
 [socket]
@@ -188,13 +200,18 @@ interval = "5s"
 count = 2
 user_timeout = "40s"
 enabled = true
+max_idle = "1m"
 """
 
 
 def check_full(config: Config, path: str) -> None:
     assert config.enabled is True
     assert config.profile == "azure"
-    assert config.policy == Policy(idle=90, interval=10, count=3, user_timeout="auto")
+    # azure's max_idle is turned off by the file; its heartbeat is the file's own
+    assert config.policy == Policy(
+        idle=90, interval=10, count=3, user_timeout="auto", heartbeat=45_000, heartbeat_timeout=2000
+    )
+    assert config.sources["heartbeat"] == f"file {path}: heartbeat"
     assert config.mode is Mode.OVERRIDE
     assert config.adapters == frozenset({"redis", "psycopg", "socket"})
     assert config.disabled_adapters == frozenset({"psycopg"})
@@ -209,7 +226,8 @@ def check_full(config: Config, path: str) -> None:
     )
     assert (config.on_error, config.log_level, config.config_file) == ("raise", logging.INFO, path)
     redis = config.for_adapter("redis")
-    assert redis.policy == Policy(idle=20, interval=2, count=4, user_timeout="off")
+    # fast-failover's heartbeat is turned off by the [redis] table
+    assert redis.policy == Policy(idle=20, interval=2, count=4, user_timeout="off", max_idle=90_000)
     assert redis.mode is Mode.RESPECT
     assert config.for_adapter("socket").policy.enabled is False
     assert config.for_adapter("psycopg").policy == config.policy
@@ -218,7 +236,7 @@ def check_full(config: Config, path: str) -> None:
         "*.internal:5432 -> skip",
         "*.cache.example:6379 -> profile fast-failover (adapters: redis)",
         "[fd00::/8] -> skip",
-        "*:5432 -> idle=30, interval=5, count=2, user_timeout=40000, enabled=True",
+        "*:5432 -> idle=30, interval=5, count=2, user_timeout=40000, enabled=True, max_idle=60000",
     ]
     assert config.sources["idle"] == f"file {path}: idle"
     assert redis.sources["idle"] == f"file {path}: [redis] idle"
@@ -271,7 +289,7 @@ def test_each_source_beats_the_ones_below(tmp_path: Path) -> None:
     environ = {"KAPATCH_CONFIG": path, "KAPATCH_IDLE": "50s", "KAPATCH_INTERVAL": "4s"}
     config = load_config(environ=environ, idle="25s")
     assert config.profile == "gcp"  # only the file names one
-    assert config.policy == Policy(idle=25, interval=4, count=8, user_timeout="auto")
+    assert config.policy == Policy(idle=25, interval=4, count=8, user_timeout="auto", max_idle=540_000)
     assert config.mode is Mode.OVERRIDE
     assert config.sources["idle"] == "argument"
     assert config.sources["interval"] == "env KAPATCH_INTERVAL"

@@ -174,7 +174,7 @@ def test_rule_policies() -> None:
     assert Rule.build("*:6379", idle="10s").policy_for(base) == Policy(idle=10, interval=10, count=5)
     assert Rule.build("*:6379", profile="fast-failover").policy_for(base) == PROFILES["fast-failover"].policy
     both = Rule.build("*:6379", profile="fast-failover", user_timeout="off")
-    assert both.policy_for(base) == Policy(idle=10, interval=5, count=3, user_timeout="off")
+    assert both.policy_for(base) == Policy(idle=10, interval=5, count=3, user_timeout="off", heartbeat=10_000)
     assert Rule.build("*", enabled="false").policy_for(base).enabled is False
     assert Rule.build("10.0.0.0/8", skip=True).action == "skip"
 

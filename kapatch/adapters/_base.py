@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
     from ._context import AdapterContext
 
-__all__ = ["COUNTERS", "Adapter", "Claim", "Decision", "version_tuple"]
+__all__ = ["COUNTERS", "POOL_COUNTERS", "Adapter", "Claim", "Decision", "version_tuple"]
 
 COUNTERS = ("configured", "respected", "skipped", "failed", "uncovered")
 """What became of each connection an adapter saw. configured: the policy written (to every
@@ -24,6 +24,12 @@ write was the application's own choice, so nothing was written (respect mode); s
 rule or a disabled policy left it alone; failed: the kernel refused an option (or kapatch
 failed; the connection went on); uncovered: a connection kapatch saw but cannot configure
 (a path it does not know, e.g. an unknown event loop)."""
+
+POOL_COUNTERS = ("heartbeats_sent", "heartbeats_failed", "replaced", "evicted")
+"""What the pool-aware adapters did with pooled connections. heartbeats_sent: application-level
+checks (redis PING, psycopg_pool's check) run because of ``heartbeat``; heartbeats_failed: those
+that got no good reply within ``heartbeat_timeout``; replaced: connections closed after a failed
+heartbeat (the library hands out another); evicted: connections discarded for ``max_idle``."""
 
 _NOTHING: frozenset[str] = frozenset()
 
@@ -101,6 +107,13 @@ class Adapter(abc.ABC):
     connections) and ``"listen"`` (listening sockets, for the inbound policy)."""
     opt_in: ClassVar[bool] = False
     """Off unless the configuration turns it on by name (``KAPATCH_INBOUND=1``)."""
+    pooled: ClassVar[bool] = False
+    """The library keeps connections for reuse, so ``heartbeat`` and ``max_idle`` concern it."""
+    heartbeat_mechanism: ClassVar[str | None] = None
+    """How ``heartbeat`` reaches the library (``"redis-py health_check_interval"``); ``None``
+    on a pooled library: it has no application-level check, and ``kapatch doctor`` says so."""
+    max_idle_mechanism: ClassVar[str | None] = None
+    """How ``max_idle`` reaches the library's pool; ``None`` on a pooled library: not carried."""
 
     def __init__(self) -> None:
         self.patcher = Patcher()

@@ -74,6 +74,9 @@ class AdapterContext(Protocol):
     def reapply(self, sock: socket.socket, adapter: str, decision: Decision) -> None:
         """Put an already decided (and counted) policy back, after the library overwrote it."""
 
+    def count_pool(self, adapter: str, event: str, n: int = 1) -> None:
+        """Count a pooled-connection event, one of ``POOL_COUNTERS`` (a heartbeat sent, ...)."""
+
     def record_failure(self, adapter: str, what: str, error: BaseException) -> None:
         """Log once per kind of failure, count it, carry on."""
 

@@ -55,6 +55,7 @@ def chosen_in_socket_settings(settings: Any) -> frozenset[str]:
 
 class AmqpAdapter(Adapter):
     name: ClassVar[str] = "amqp"
+    pooled = True
     distribution = "amqp"
     modules = (_MODULE,)
     minimum_version = (5,)

@@ -223,6 +223,7 @@ def _specific_idle(own: AdapterConfig, inherited: AdapterConfig) -> bool:
 
 class GrpcAdapter(Adapter):
     name: ClassVar[str] = "grpc"
+    pooled = True
     distribution = "grpcio"
     modules = ("grpc", "grpc.aio")
     minimum_version = (1, 50)

@@ -43,6 +43,7 @@ def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any,
 
 class HttpxAdapter(Adapter):
     name: ClassVar[str] = "httpx"
+    pooled = True
     distribution = "httpcore"
     modules = tuple(_BACKENDS)
     minimum_version = (0, 17)

@@ -46,6 +46,7 @@ __all__ = ["Psycopg2Adapter"]
 
 class Psycopg2Adapter(LibpqAdapter):
     name: ClassVar[str] = "psycopg2"
+    pooled = True
     distribution = "psycopg2"
     alternative_distributions = ("psycopg2-binary",)
     modules = ("psycopg2",)

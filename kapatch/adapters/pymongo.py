@@ -46,6 +46,7 @@ def _destination(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | N
 
 class PymongoAdapter(Adapter):
     name: ClassVar[str] = "pymongo"
+    pooled = True
     distribution = "pymongo"
     modules = ("pymongo.pool_shared", "pymongo.pool")
     minimum_version = (4,)

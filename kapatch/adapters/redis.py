@@ -148,6 +148,7 @@ def _replay(sock: Any, settings: _Settings, policy_wrote: frozenset[str] | None)
 
 class RedisAdapter(Adapter):
     name: ClassVar[str] = "redis"
+    pooled = True
     distribution = "redis"
     modules = (_SYNC, _ASYNC)
     minimum_version = (5,)

@@ -76,6 +76,7 @@ _ENDPOINTS: dict[str, tuple[str, Callable[[Any], tuple[str | None, int | None]]]
 
 class Urllib3Adapter(Adapter):
     name: ClassVar[str] = "urllib3"
+    pooled = True
     distribution = "urllib3"
     modules = tuple(_ENDPOINTS)
     minimum_version = (1, 26)
