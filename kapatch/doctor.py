@@ -511,15 +511,20 @@ def run_profiles(argv: list[str]) -> int:
     def cell(value: object, unit: str) -> str:
         return "os" if value is None else f"{value}{unit}"
 
+    def millis(value: object) -> str:
+        return "off" if not isinstance(value, int) else f"{value / 1000:g}s"
+
     header = (
         f"{'profile':<14} {'idle':>6} {'interval':>8} {'count':>5} {'user timeout':>13} {'dead after':>10}"
+        f" {'heartbeat':>9} {'max idle':>8}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
-        timeout = "off" if row["user_timeout_ms"] is None else f"{row['user_timeout_ms'] / 1000:g}s"
         lines.append(
             f"{row['name']:<14} {cell(row['idle'], 's'):>6} {cell(row['interval'], 's'):>8} "
-            f"{cell(row['count'], ''):>5} {timeout:>13} {cell(row['detection_bound_s'], 's'):>10}"
+            f"{cell(row['count'], ''):>5} {millis(row['user_timeout_ms']):>13} "
+            f"{cell(row['detection_bound_s'], 's'):>10} "
+            f"{millis(row['heartbeat']):>9} {millis(row['max_idle']):>8}"
         )
         lines.extend(textwrap.wrap(str(row["reason"]), 96, initial_indent="    ", subsequent_indent="    "))
     print("\n".join(lines))

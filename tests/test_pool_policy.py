@@ -120,3 +120,26 @@ def test_a_profile_choice_is_a_notice_not_a_warning(
         install(profile="aws", log_level="info")
     lines = [r for r in caplog.records if "not carried to" in r.getMessage()]
     assert lines and all(r.levelno == logging.INFO for r in lines)
+
+
+def test_doctor_shows_each_pool_field_with_its_source_and_what_it_does() -> None:
+    from kapatch.doctor import collect_report, render_report
+
+    settings = {"environ": {"KAPATCH_HEARTBEAT": "5s", "KAPATCH_REDIS_MAX_IDLE": "1m"}}
+    report = collect_report(settings, self_test=False)
+    text = render_report(report)
+    assert "heartbeat <- env KAPATCH_HEARTBEAT" in text
+    assert "max_idle <- env KAPATCH_REDIS_MAX_IDLE" in text
+    assert "pooled connections: heartbeat: NOT carried" in text  # a library without a mechanism
+    assert report["configuration"]["adapters"]["socket"]["pools"] == "heartbeat: not applicable (no pool)"
+
+
+def test_kapatch_profiles_lists_heartbeat_and_max_idle(capsys: pytest.CaptureFixture[str]) -> None:
+    from kapatch.doctor import run_profiles
+
+    assert run_profiles([]) == 0
+    lines = {
+        line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()
+    }
+    assert lines["profile"][-3:] == ["heartbeat", "max", "idle"]
+    assert lines["kubernetes"][-2:] == ["60s", "200s"] and lines["balanced"][-2:] == ["off", "off"]
