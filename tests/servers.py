@@ -1024,7 +1024,7 @@ _FORGETFUL_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Leng
 
 
 def start_forgetful_http_server(forget_after: float, host: str = LOOPBACK_V4) -> ForgetfulHttpServer:
-    """Answer ``GET`` with 200 ``ok\\n``, except on a connection idle longer than *forget_after* s.
+    """200 ``ok\\n`` to ``GET`` (``HEAD``: the headers), but never on a connection idle over *forget_after* s.
 
     Models a NAT gateway or load balancer that forgot an idle flow: a request sent on such
     a connection arrives and is never answered, and nothing (no FIN, no RST) tells the
@@ -1057,9 +1057,10 @@ def start_forgetful_http_server(forget_after: float, host: str = LOOPBACK_V4) ->
                 forgotten = True  # the flow is gone: whatever arrives is dropped, unanswered
                 continue
             pending += data
-            while b"\r\n\r\n" in pending:  # the clients here send GETs: no bodies
+            while b"\r\n\r\n" in pending:  # the clients here send GET or HEAD: no bodies
+                head = pending.startswith(b"HEAD ")
                 pending = pending.split(b"\r\n\r\n", 1)[1]
-                conn.sendall(_FORGETFUL_REPLY)
+                conn.sendall(_FORGETFUL_REPLY[:-3] if head else _FORGETFUL_REPLY)
                 last_answer = time.monotonic()
 
     def serve() -> None:
