@@ -1003,6 +1003,100 @@ def start_holding_listener(host: str = LOOPBACK_V4) -> HoldingListener:
     return HoldingListener(host=host, port=port, pid=os.getpid(), _stopper=_once(stop), accepted=accepted)
 
 
+@dataclass(frozen=True)
+class ForgetfulHttpServer(_Handle):
+    """An HTTP/1.1 keep-alive server that forgets connections idle longer than ``forget_after``."""
+
+    forget_after: float = 1.0
+    accepted: list[socket.socket] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """How many connections the server has accepted so far."""
+        return len(self.accepted)
+
+
+_FORGETFUL_REPLY = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+def start_forgetful_http_server(forget_after: float, host: str = LOOPBACK_V4) -> ForgetfulHttpServer:
+    """200 ``ok\\n`` to ``GET`` (``HEAD``: the headers), but never on a connection idle over *forget_after* s.
+
+    Models a NAT gateway or load balancer that forgot an idle flow: a request sent on such
+    a connection arrives and is never answered, and nothing (no FIN, no RST) tells the
+    client, which waits until its own read timeout. Sockets are ``_socket.socket``, so
+    kapatch's shared hooks never see the server's side.
+    """
+    listener = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET, _socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def serve_one(conn: socket.socket) -> None:
+        last_answer = time.monotonic()
+        pending = b""
+        forgotten = False
+        while not stopping.is_set():
+            if not select.select([conn], [], [], 0.2)[0]:
+                continue
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if forgotten or (not pending and time.monotonic() - last_answer > forget_after):
+                forgotten = True  # the flow is gone: whatever arrives is dropped, unanswered
+                continue
+            pending += data
+            while b"\r\n\r\n" in pending:  # the clients here send GET or HEAD: no bodies
+                head = pending.startswith(b"HEAD ")
+                pending = pending.split(b"\r\n\r\n", 1)[1]
+                conn.sendall(_FORGETFUL_REPLY[:-3] if head else _FORGETFUL_REPLY)
+                last_answer = time.monotonic()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                fd, _ = listener._accept()  # type: ignore[attr-defined]
+            except (TimeoutError, OSError):
+                continue
+            conn = socket.socket(fileno=fd)
+            accepted.append(conn)
+            thread = threading.Thread(target=serve_one, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    thread = threading.Thread(target=serve, name=f"forgetful-http-{port}", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=5)
+        for handler in threads:
+            handler.join(timeout=5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+    return ForgetfulHttpServer(
+        host=host,
+        port=port,
+        pid=os.getpid(),
+        _stopper=_once(stop),
+        forget_after=forget_after,
+        accepted=accepted,
+    )
+
+
 def sockets_connected_to(port: int, host: str = LOOPBACK_V4) -> list[socket.socket]:
     """This process's TCP sockets whose peer is ``(host, port)``, found through /proc/self/fd.
 

@@ -12,11 +12,14 @@ socket pooled in botocore's own urllib3 pool.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import botocore.session
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ReadTimeoutError
+from servers import start_forgetful_http_server
 
 import kapatch
 from kapatch import KeepaliveState, Policy
@@ -88,3 +91,48 @@ def test_without_tcp_keepalive_the_policy_applies(install, http_server):
 def test_per_adapter_override_reaches_botocore(install, http_server):
     install(environ={"KAPATCH_PROFILE": "fast-failover", "KAPATCH_URLLIB3_IDLE": "21s"})
     assert s3_socket_state(http_server, tcp_keepalive=True) == expected(FAST.evolve(idle="21s"))
+
+
+# max_idle reaches botocore's own urllib3 pools (AWSHTTPConnectionPool inherits the hand-out).
+FORGET_AFTER, IDLE_FOR, READ_CAP = 1.0, 1.3, 2.0
+
+
+def head_twice(url: str) -> str:
+    """HeadBucket, idle IDLE_FOR s, HeadBucket again: "ok" or the second call's error's name."""
+    client = botocore.session.get_session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="kapatch",
+        aws_secret_access_key="kapatch",
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"total_max_attempts": 1},
+            connect_timeout=5,
+            read_timeout=READ_CAP,
+        ),
+    )
+    try:
+        client.head_bucket(Bucket="ok")
+        time.sleep(IDLE_FOR)
+        try:
+            client.head_bucket(Bucket="ok")
+        except ReadTimeoutError as error:
+            return type(error).__name__
+        return "ok"
+    finally:
+        client.close()
+
+
+def test_without_kapatch_a_forgotten_pooled_connection_times_out():
+    with start_forgetful_http_server(FORGET_AFTER) as server:
+        assert head_twice(server.url) == "ReadTimeoutError"
+        assert server.connections == 1
+
+
+def test_max_idle_gives_botocore_a_new_connection(install):
+    install(max_idle="300ms")
+    with start_forgetful_http_server(FORGET_AFTER) as server:
+        assert head_twice(server.url) == "ok"
+        assert server.connections == 2
+    assert kapatch.status().adapter("urllib3").pool["evicted"] == 1

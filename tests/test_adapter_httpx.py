@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import httpcore
 import httpx
 import pytest
+from servers import ForgetfulHttpServer, start_forgetful_http_server
 
 import kapatch
 from kapatch.profiles import PROFILES
@@ -122,3 +126,139 @@ def test_uninstall_restores_identity_and_the_next_connection(http_server):
 def test_adapter_reports_the_httpcore_version():
     status = kapatch.install()
     assert status.adapter("httpx").version == httpcore.__version__
+
+
+# --------------------------------------------------------------------------- max_idle
+#
+# A server that, like a NAT box, forgets a flow idle FORGET_AFTER s: a request sent on it
+# then gets no answer and no FIN/RST. httpx's default keepalive_expiry (5 s) is longer, so
+# without kapatch the pooled connection is reused into the hang; max_idle shortens it.
+
+FORGET_AFTER = 1.0
+IDLE_FOR = 1.3
+READ_CAP = 2.0
+CAPPED = httpx.Timeout(5.0, read=READ_CAP)
+
+
+@pytest.fixture
+def forgetful() -> Iterator[ForgetfulHttpServer]:
+    with start_forgetful_http_server(FORGET_AFTER) as server:
+        yield server
+
+
+def twice_sync(url: str, **client_options: Any) -> tuple[float, str]:
+    """GET, idle IDLE_FOR s, GET again; (seconds the second took, its body or its error's name)."""
+    with httpx.Client(timeout=CAPPED, **client_options) as client:
+        assert client.get(url).text == "ok\n"
+        time.sleep(IDLE_FOR)
+        started = time.monotonic()
+        try:
+            outcome = client.get(url).text
+        except httpx.ReadTimeout as error:
+            outcome = type(error).__name__
+        return time.monotonic() - started, outcome
+
+
+def twice_async(url: str, **client_options: Any) -> tuple[float, str]:
+    async def main() -> tuple[float, str]:
+        async with httpx.AsyncClient(timeout=CAPPED, **client_options) as client:
+            assert (await client.get(url)).text == "ok\n"
+            await asyncio.sleep(IDLE_FOR)
+            started = time.monotonic()
+            try:
+                outcome = (await client.get(url)).text
+            except httpx.ReadTimeout as error:
+                outcome = type(error).__name__
+            return time.monotonic() - started, outcome
+
+    return asyncio.run(main())
+
+
+def evicted() -> int:
+    return kapatch.status().adapter("httpx").pool["evicted"]
+
+
+TWICE = pytest.mark.parametrize("twice", [twice_sync, twice_async], ids=["sync", "asyncio"])
+
+
+@TWICE
+def test_without_kapatch_the_forgotten_connection_hangs_until_the_read_timeout(forgetful, twice):
+    took, outcome = twice(forgetful.url + "/")
+    assert outcome == "ReadTimeout" and took >= READ_CAP * 0.9
+    assert forgetful.connections == 1
+
+
+@TWICE
+def test_max_idle_expires_the_idle_connection_and_httpx_opens_a_new_one(install, forgetful, twice):
+    install(max_idle="300ms")
+    took, outcome = twice(forgetful.url + "/")
+    assert outcome == "ok\n" and took < READ_CAP / 2
+    assert forgetful.connections == 2
+    assert evicted() == 1
+    assert kapatch.status().adapter("httpx").counts["configured"] == 2
+
+
+@TWICE
+def test_a_longer_max_idle_never_lengthens_httpx_expiry(install, forgetful, twice):
+    """max_idle 1 h over httpx's 5 s: the connection still expires at 5 s (here: is reused before)."""
+    install(max_idle="1h")
+    with httpx.Client() as client:
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        client.get(forgetful.url + "/")
+        assert [c._connection._keepalive_expiry for c in pool.connections] == [5.0]
+    took, outcome = twice(forgetful.url + "/")
+    assert outcome == "ReadTimeout" and took >= READ_CAP * 0.9  # idle 1.3 s < 5 s: reused, as without kapatch
+    assert evicted() == 0
+
+
+@TWICE
+def test_respect_mode_keeps_an_explicit_keepalive_expiry(install, forgetful, twice):
+    install(max_idle="300ms")
+    took, outcome = twice(forgetful.url + "/", limits=httpx.Limits(keepalive_expiry=60))
+    assert outcome == "ReadTimeout" and took >= READ_CAP * 0.9 and forgetful.connections == 1
+
+
+@TWICE
+def test_override_mode_lowers_an_explicit_keepalive_expiry(install, forgetful, twice):
+    install(max_idle="300ms", mode="override")
+    took, outcome = twice(forgetful.url + "/", limits=httpx.Limits(keepalive_expiry=60))
+    assert outcome == "ok\n" and took < READ_CAP / 2
+    assert forgetful.connections == 2 and evicted() == 1
+
+
+def test_bare_httpcore_pool_never_expiring_by_default_gets_max_idle(install, forgetful):
+    install(max_idle="300ms")
+    with httpcore.ConnectionPool() as pool:
+        assert pool.request("GET", forgetful.url + "/").content == b"ok\n"
+        time.sleep(IDLE_FOR)
+        assert pool.request("GET", forgetful.url + "/").content == b"ok\n"
+    assert forgetful.connections == 2 and evicted() == 1
+
+
+def test_pool_hooks_only_with_a_max_idle_and_restored_exactly():
+    from httpcore._async.connection_pool import AsyncConnectionPool
+    from httpcore._sync.connection_pool import ConnectionPool
+    from httpcore._sync.http11 import HTTP11Connection
+
+    def current() -> tuple[object, ...]:
+        return (
+            vars(ConnectionPool)["create_connection"],
+            vars(ConnectionPool)["__init__"],
+            vars(AsyncConnectionPool)["create_connection"],
+            vars(HTTP11Connection)["close"],
+        )
+
+    originals = current()
+    kapatch.install(environ={})
+    assert current() == originals
+    kapatch.uninstall()
+    kapatch.install(environ={}, max_idle="1h")
+    assert all(now is not before for now, before in zip(current(), originals, strict=True))
+    kapatch.uninstall()
+    assert all(now is before for now, before in zip(current(), originals, strict=True))
+
+
+def test_status_says_max_idle_is_carried_and_heartbeat_is_not(install):
+    install(max_idle="30s", heartbeat="10s")
+    support = kapatch.status().adapter("httpx").pool_support
+    assert "max_idle: httpcore keepalive_expiry" in support and "heartbeat: NOT carried" in support

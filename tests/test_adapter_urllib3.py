@@ -18,12 +18,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 import urllib3
-from servers import _connect_unobserved, _ProxyHandler
+from servers import ForgetfulHttpServer, _connect_unobserved, _ProxyHandler, start_forgetful_http_server
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
@@ -654,3 +655,140 @@ def test_requests_with_a_socks_proxy_carries_the_policy(install, http_server, so
         assert socket.socket.getpeername(sock)[1] == socks_proxy.port  # PySocks reports the target
         assert kapatch.inspect(sock).mismatches(FAST) == ()
     assert counts()["configured"] == 1
+
+
+# --------------------------------------------------------------------------- max_idle
+#
+# A server that, like a NAT box, forgets a flow idle FORGET_AFTER s: a request sent on it
+# then gets no answer and no FIN/RST. With max_idle under that, the pool never reuses it.
+
+FORGET_AFTER = 1.0
+IDLE_FOR = 1.3  # the client's pause: past FORGET_AFTER (and past max_idle)
+READ_CAP = 2.0  # the read timeout: the cap on the hang without kapatch
+CAPPED = urllib3.Timeout(connect=5, read=READ_CAP)
+
+
+@pytest.fixture
+def forgetful() -> Iterator[ForgetfulHttpServer]:
+    with start_forgetful_http_server(FORGET_AFTER) as server:
+        yield server
+
+
+def pool_counts() -> dict[str, int]:
+    return dict(kapatch.status().adapter("urllib3").pool)
+
+
+def test_without_kapatch_the_forgotten_connection_hangs_until_the_read_timeout(forgetful):
+    manager = urllib3.PoolManager()
+    assert manager.request("GET", forgetful.url + "/", timeout=CAPPED, retries=False).status == 200
+    time.sleep(IDLE_FOR)
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        manager.request("GET", forgetful.url + "/", timeout=CAPPED, retries=False)
+    assert time.monotonic() - started >= READ_CAP * 0.9
+    assert forgetful.connections == 1  # the pooled connection was reused, into the hang
+
+
+def test_max_idle_closes_the_idle_connection_and_urllib3_opens_a_new_one(install, forgetful):
+    install(max_idle="300ms")
+    manager = urllib3.PoolManager()
+    assert manager.request("GET", forgetful.url + "/", timeout=CAPPED, retries=False).status == 200
+    time.sleep(IDLE_FOR)
+    started = time.monotonic()
+    response = manager.request("GET", forgetful.url + "/", timeout=CAPPED, retries=False)
+    assert response.status == 200 and response.data == b"ok\n"
+    assert time.monotonic() - started < READ_CAP / 2
+    assert forgetful.connections == 2
+    assert pool_counts()["evicted"] == 1
+    state = kapatch.inspect(pooled_socket(manager.connection_from_url(forgetful.url)))
+    assert state.enabled  # the new connection went through the connect hook as usual
+    assert counts()["configured"] == 2
+
+
+def test_requests_session_gets_a_new_connection_after_max_idle(install, forgetful):
+    install(max_idle="300ms")
+    with requests.Session() as session:
+        assert session.get(forgetful.url + "/", timeout=(5, READ_CAP)).text == "ok\n"
+        time.sleep(IDLE_FOR)
+        assert session.get(forgetful.url + "/", timeout=(5, READ_CAP)).text == "ok\n"
+    assert forgetful.connections == 2
+    assert pool_counts()["evicted"] == 1
+
+
+def test_without_kapatch_requests_hangs_too(forgetful):
+    with requests.Session() as session:
+        assert session.get(forgetful.url + "/", timeout=(5, READ_CAP)).status_code == 200
+        time.sleep(IDLE_FOR)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            session.get(forgetful.url + "/", timeout=(5, READ_CAP))
+    assert forgetful.connections == 1
+
+
+def test_a_connection_idle_less_than_max_idle_is_reused(install, forgetful):
+    install(max_idle="5s")
+    manager = urllib3.PoolManager()
+    for _ in range(3):
+        assert manager.request("GET", forgetful.url + "/", timeout=CAPPED, retries=False).status == 200
+        time.sleep(0.1)
+    assert forgetful.connections == 1
+    assert pool_counts()["evicted"] == 0
+
+
+def test_max_idle_from_a_rule_for_one_destination_only(install, forgetful, http_server):
+    install(rules=[Rule.build(f"127.0.0.1:{forgetful.port}", max_idle="300ms")])
+    manager = urllib3.PoolManager()
+    for url in (forgetful.url + "/", http_server.url + "/ok"):
+        assert manager.request("GET", url, timeout=CAPPED, retries=False).status == 200
+    time.sleep(IDLE_FOR)
+    for url in (forgetful.url + "/", http_server.url + "/ok"):
+        assert manager.request("GET", url, timeout=CAPPED, retries=False).status == 200
+    assert forgetful.connections == 2
+    assert pool_counts()["evicted"] == 1  # the other destination's connection was reused
+
+
+def test_pool_hooks_go_on_only_with_a_max_idle_and_come_off_exactly():
+    import urllib3.connectionpool as pool_module
+
+    originals = (vars(HTTPConnectionPool)["_put_conn"], vars(pool_module)["is_connection_dropped"])
+    kapatch.install(environ={})
+    assert (vars(HTTPConnectionPool)["_put_conn"], pool_module.is_connection_dropped) == originals
+    kapatch.uninstall()
+    kapatch.install(environ={}, max_idle="1h")
+    assert vars(HTTPConnectionPool)["_put_conn"] is not originals[0]
+    assert pool_module.is_connection_dropped is not originals[1]
+    kapatch.uninstall()
+    assert (vars(HTTPConnectionPool)["_put_conn"], vars(pool_module)["is_connection_dropped"]) == originals
+
+
+def test_doctor_and_status_say_max_idle_is_carried_and_heartbeat_is_not(install):
+    install(max_idle="30s", heartbeat="10s")
+    support = kapatch.status().adapter("urllib3").pool_support
+    assert "max_idle: closed at hand-out" in support
+    assert "heartbeat: NOT carried" in support
+
+
+def test_a_connection_kapatch_cannot_mark_still_goes_back_and_comes_out(install):
+    install(max_idle="1s")
+
+    class Odd:
+        """A connection object that refuses kapatch's attribute: the pool works as without kapatch."""
+
+        sock = None
+        is_connected = True  # urllib3 2.x's dropped test; 1.26 reads sock
+        auto_open = 1
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise RuntimeError("read-only")
+
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError(f"no {name}")
+
+        def close(self) -> None:
+            pass
+
+    odd = Odd()
+    pool = HTTPConnectionPool("127.0.0.1", 9, maxsize=1)
+    pool.pool.get()  # make room: the pool starts full of None
+    pool._put_conn(odd)  # type: ignore[arg-type]
+    assert pool._get_conn() is odd
+    assert counts()["failed"] >= 1  # said and counted, never raised

@@ -159,3 +159,18 @@ def test_proxy_upstream_is_invisible_to_connect_hooks(
     with urllib3.ProxyManager(http_proxy.url) as pm:
         assert pm.request("GET", f"{http_server.url}/ok", timeout=5).status == 200
     assert seen == [http_proxy.port]
+
+
+def test_the_forgetful_server_answers_then_ignores_a_connection_idle_too_long():
+    from servers import start_forgetful_http_server
+
+    with start_forgetful_http_server(0.5) as server:
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).endswith(b"\r\n\r\nok\n")
+            time.sleep(0.7)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.settimeout(1.0)
+            with pytest.raises(TimeoutError):  # no answer, no FIN, no RST: silence
+                sock.recv(1024)
+        assert server.connections == 1
