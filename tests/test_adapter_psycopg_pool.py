@@ -36,6 +36,9 @@ TIMEOUT_S = 1.5
 BOUND_S = TIMEOUT_S + 1.5  # the probe's deadline, then a new connection (loopback: ~10 ms)
 CAP_S = 4.0  # how long "blocks" is watched without kapatch
 
+_UNAVAILABLE = PsycopgPoolAdapter.unavailable_reason()
+pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE))
+
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:

@@ -38,8 +38,6 @@ no deadline no longer meets a frozen server). Rules see the pool's conninfo host
 
 from __future__ import annotations
 
-import selectors
-import weakref
 from time import monotonic
 
 from ..rules import Destination
@@ -49,6 +47,7 @@ TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from typing import Any, ClassVar
+    from weakref import WeakKeyDictionary
 
     from ._context import AdapterContext
 
@@ -160,8 +159,10 @@ class PoolGuard:
         self.heartbeat = heartbeat
         self.timeout = timeout
         self.max_idle = max_idle
+        import weakref  # here, not at the top: adapters load at interpreter start
+
         # When each connection last came back to the pool; weak: the pool owns them.
-        self.returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        self.returned: WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     # -- decisions, shared by sync and async ------------------------------------
     def _idle_for(self, conn: Any) -> float | None:
@@ -261,12 +262,14 @@ class PoolGuard:
 
 
 # -- the probe: an empty query through libpq, non-blocking, with a deadline ------------
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+_READ = "read"
+_WRITE = "write"
 
 
 def _probe(pgconn: Any, timeout: float) -> None:
     """Send ``""`` and read its reply within *timeout* seconds, or raise."""
+    import selectors
+
     steps = _probe_steps(pgconn)
     deadline = monotonic() + timeout
     try:
@@ -274,7 +277,9 @@ def _probe(pgconn: Any, timeout: float) -> None:
         while True:
             remaining = deadline - monotonic()
             with selectors.DefaultSelector() as selector:
-                selector.register(pgconn.socket, events)
+                selector.register(
+                    pgconn.socket, selectors.EVENT_READ if events == _READ else selectors.EVENT_WRITE
+                )
                 if remaining <= 0 or not selector.select(remaining):
                     raise TimeoutError(f"no reply within {timeout:g} s")
             events = next(steps)
