@@ -41,6 +41,7 @@ KNOWN: Mapping[str, Known] = {
     "botocore": Known(("urllib3",)),
     "redis": Known(("redis",), ("redis", "redis.asyncio")),
     "psycopg": Known(("psycopg",), ("psycopg", "psycopg.async")),
+    "psycopg-pool": Known(("psycopg",), ("psycopg", "psycopg.async")),  # its connections are psycopg's
     "httpx": Known(("httpx",), ("httpx", "httpx.async")),
     "httpcore": Known(("httpx",), ("httpx", "httpx.async")),
     "gevent": Known(("gevent",), ("gevent",)),

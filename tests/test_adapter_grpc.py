@@ -459,3 +459,78 @@ def test_the_applications_timeout_gets_no_second_timeout_beside_it() -> None:
     assert kept["grpc.keepalive_time_ms"] == 11000
     replaced = dict(_merge(own, wanted, _keeper(frozenset(), respect=False)))
     assert replaced["grpc.keepalive_timeout_ms"] == replaced["grpc.http2.ping_timeout_ms"] == 12000
+
+
+# --- heartbeat: the PING is the heartbeat ---------------------------------------------
+
+
+def test_heartbeat_options() -> None:
+    """A heartbeat set for grpc is used as given, PINGs on idle channels too; one inherited
+    (KAPATCH_HEARTBEAT, a profile) is floored like the idle; its timeout is heartbeat_timeout."""
+    policy = Policy(idle=60, interval=10, count=5, heartbeat=2000, heartbeat_timeout=1500)
+    assert channel_options(policy, specific=False, heartbeat_specific=True) == {
+        "grpc.keepalive_time_ms": 2000,
+        "grpc.keepalive_timeout_ms": 1500,
+        "grpc.http2.ping_timeout_ms": 1500,
+        "grpc.keepalive_permit_without_calls": 1,
+        "grpc.http2.max_pings_without_data": 0,
+    }
+    floored = channel_options(policy, specific=False)
+    assert floored["grpc.keepalive_time_ms"] == FLOORED_MS
+    assert floored["grpc.keepalive_timeout_ms"] == 1500
+    assert floored["grpc.keepalive_permit_without_calls"] == 0
+    # A grpc-specific idle sooner than the heartbeat: the sooner PING, the heartbeat's timeout.
+    assert channel_options(policy.evolve(idle=1), specific=True)["grpc.keepalive_time_ms"] == 1000
+    os_timings = Policy(idle=None, interval=None, count=None, heartbeat=5000)
+    given = channel_options(os_timings, specific=False, heartbeat_specific=True)
+    assert given["grpc.keepalive_time_ms"] == 5000
+    assert GrpcAdapter.heartbeat_mechanism
+
+
+def test_heartbeat_respects_the_applications_ping_time(install: Install, grpc_port: int) -> None:
+    install(environ={"KAPATCH_GRPC_HEARTBEAT": "2s", "KAPATCH_GRPC_HEARTBEAT_TIMEOUT": "1500ms"})
+    assert channel_state(grpc_port) == ut(1500)  # TCP_USER_TIMEOUT = heartbeat_timeout, by gRPC core
+    assert channel_state(grpc_port, [("grpc.keepalive_timeout_ms", 7000)]) == ut(7000)
+
+
+@pytest.mark.parametrize("with_kapatch", [False, True], ids=["without", "with"])
+def test_heartbeat_fails_a_call_to_a_frozen_server(install: Install, with_kapatch: bool) -> None:
+    """An idle pooled channel, its server process SIGSTOPped, then a call with a 6 s deadline:
+    without kapatch it blocks until the deadline; with a 1 s heartbeat (1.5 s timeout; the
+    server allows PINGs every second) it fails UNAVAILABLE within heartbeat + timeout."""
+    import signal
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "integrations.grpcserver", "127.0.0.1", str(port)],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        if with_kapatch:
+            install(environ={"KAPATCH_GRPC_HEARTBEAT": "1s", "KAPATCH_GRPC_HEARTBEAT_TIMEOUT": "1500ms"})
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ok = channel.unary_unary("/lab.Lab/Ok", identity, identity)
+            assert ok(b"", timeout=10) == b"ok"
+            time.sleep(1.5)  # idle, PINGs answered
+            assert ok(b"", timeout=10) == b"ok"  # the heartbeat alone never breaks a live channel
+            server.send_signal(signal.SIGSTOP)
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failure:
+                ok(b"", timeout=6)
+            elapsed = time.monotonic() - start
+        if with_kapatch:
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert elapsed < 1 + 1.5 + 1
+        else:
+            assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert elapsed >= 6 - 0.1
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait(timeout=10)
