@@ -19,7 +19,7 @@ import sys
 
 from . import _ledger, _log
 from ._import_hooks import ImportHooks
-from ._registry import adapter_entry_points
+from ._registry import LAZY_ADAPTERS, adapter_entry_points
 from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
 from .adapters._base import COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
@@ -62,7 +62,8 @@ class _Runtime:
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
         self.config: Config | None = None
-        self.adapters: dict[str, Adapter] = {}
+        self._enabled: dict[str, Adapter] = {}  # loaded and enabled, in the order they were
+        self._pending: dict[str, str] = {}  # selected built-ins not loaded yet -> class target
         self.reasons: dict[str, str] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.kept: dict[str, dict[str, int]] = {}  # adapter -> field -> connections that kept it
@@ -88,6 +89,7 @@ class _Runtime:
             level = config.log_level  # set now if logging is loaded, else the moment it is
             self.import_hooks.when_imported("logging", lambda logging: _log.set_level(logging, level))
             if config.enabled:
+                generation = self.generation
                 for name, target in adapter_entry_points().items():
                     self._configs[name] = config.for_adapter(name)
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
@@ -95,22 +97,66 @@ class _Runtime:
                     if not config.wants_adapter(name):
                         self.reasons[name] = "not selected by the configuration"
                         continue
-                    self._enable(name, target)
-                hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self.adapters.values()))
-                if hooks:
-                    generation = self.generation
-                    self.import_hooks.when_imported("socket", lambda _: self._hook_socket(generation, hooks))
+                    lazy = LAZY_ADAPTERS.get(name)
+                    if lazy is None or lazy[0] != target:
+                        self._enable(name, target)  # a third party's: its modules are known once loaded
+                        continue
+                    # A built-in: loaded (with its library's version check) when one of its
+                    # modules is first imported, or when someone asks (status, audit).
+                    self._pending[name] = target
+                    self.reasons[name] = "waiting for import of " + " or ".join(lazy[1])
+                    for module_name in lazy[1]:
+                        self._register_load(name, module_name, generation)
+                self._sync_socket_hooks(generation)
 
-    def _hook_socket(self, generation: int, hooks: frozenset[str]) -> None:
+    def _register_load(self, name: str, module_name: str, generation: int) -> None:
+        def on_import(_: ModuleType) -> None:
+            with self._lock:
+                if generation == self.generation:
+                    self._load_pending(name)
+
+        self.import_hooks.when_imported(module_name, on_import)
+
+    def _load_pending(self, name: str) -> None:
+        """Load and enable a pending built-in adapter; its hooks patch what is imported already."""
+        target = self._pending.pop(name, None)
+        if target is None:
+            return  # loaded already, or never selected
+        self._enable(name, target)
+        adapter = self._enabled.get(name)
+        if adapter is not None and adapter.socket_hooks:
+            self._sync_socket_hooks(self.generation)
+
+    def load_pending(self) -> None:
+        """Load every selected built-in adapter not loaded yet (status and audit report them all)."""
+        with self._lock:
+            for name in list(self._pending):
+                self._load_pending(name)
+
+    @property
+    def adapters(self) -> dict[str, Adapter]:
+        """The enabled adapters, every selected one loaded first."""
+        self.load_pending()
+        return self._enabled
+
+    def _sync_socket_hooks(self, generation: int) -> None:
+        """Hook socket.socket (when socket is imported) for what the loaded adapters ask for."""
+        hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self._enabled.values()))
+        installed = self.socket_hooks.installed if self.socket_hooks is not None else frozenset()
+        if hooks and not hooks <= installed:
+            self.import_hooks.when_imported("socket", lambda _: self._hook_socket(generation))
+
+    def _hook_socket(self, generation: int) -> None:
         from ._socket_hooks import SocketHooks
 
         with self._lock:
             if generation != self.generation:
                 return  # an import hook from an earlier install()
+            hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self._enabled.values()))
             if self.socket_hooks is None:
                 self.socket_hooks = SocketHooks(self)
             self.socket_hooks.install(hooks)
-            for adapter in self.adapters.values():
+            for adapter in self._enabled.values():
                 self.reasons[adapter.name] = self._describe_patch_state(adapter)
 
     def _enable(self, name: str, target: str) -> None:
@@ -128,7 +174,7 @@ class _Runtime:
             return
         adapter = adapter_class()
         adapter.enable(self)
-        self.adapters[name] = adapter
+        self._enabled[name] = adapter
         generation = self.generation
         for module_name in adapter_class.modules:
             self._register_hook(adapter, module_name, generation)
@@ -136,7 +182,7 @@ class _Runtime:
 
     def _register_hook(self, adapter: Adapter, module_name: str, generation: int) -> None:
         def on_import(module: ModuleType) -> None:
-            if generation != self.generation or self.adapters.get(adapter.name) is not adapter:
+            if generation != self.generation or self._enabled.get(adapter.name) is not adapter:
                 return  # a hook from an earlier install()
             try:
                 adapter.patch(module_name)
@@ -164,7 +210,7 @@ class _Runtime:
             self._uninstall_locked()
 
     def _uninstall_locked(self) -> None:
-        for adapter in reversed(list(self.adapters.values())):
+        for adapter in reversed(list(self._enabled.values())):
             try:
                 adapter.disable()
             except Exception as error:
@@ -172,7 +218,8 @@ class _Runtime:
         if self.socket_hooks is not None:
             self.socket_hooks.remove()
         self.import_hooks.clear()
-        self.adapters.clear()
+        self._enabled.clear()
+        self._pending.clear()
         self.reasons.clear()
         self.config = None
         self._configs = {}
@@ -188,10 +235,11 @@ class _Runtime:
         with self._lock:
             if self.config is None:
                 return Status(installed=False, config=None)
+            self.load_pending()
             entries = []
             for name, target in adapter_entry_points().items():
                 adapter_config = self._configs.get(name) or self.config.for_adapter(name)
-                adapter = self.adapters.get(name)
+                adapter = self._enabled.get(name)
                 version = adapter.installed_version() if adapter else _version_for(target)
                 entries.append(
                     AdapterStatus(
@@ -394,7 +442,7 @@ class _Runtime:
                 return
             hot = self._hot.get(default_adapter)
             if hot is None:
-                if default_adapter not in self.adapters:
+                if default_adapter not in self._enabled:
                     return
                 hot = self._hot_for(default_adapter)
         except Exception as error:
@@ -451,8 +499,8 @@ class _Runtime:
         owner = _CLAIM.get()
         assert owner is not None
         host, port = _host_port(address)
-        if owner.adapter not in self.adapters:  # claimed by an adapter that is no longer enabled
-            if default_adapter in self.adapters:
+        if owner.adapter not in self._enabled:  # claimed by an adapter that is no longer enabled
+            if default_adapter in self._enabled:
                 self._configure(sock, default_adapter, None, host=host, address=host, port=port)
             return
         decision = self._configure(
@@ -480,7 +528,7 @@ class _Runtime:
     def on_listen(self, sock: socket.socket) -> None:
         """A TCP socket is about to listen: the inbound policy, inherited by every accepted socket."""
         try:
-            if "inbound" not in self.adapters or not_tcp_reason(sock) is not None:
+            if "inbound" not in self._enabled or not_tcp_reason(sock) is not None:
                 return
             host, port = _host_port(sock.getsockname())
             self.configure_socket(sock, "inbound", Destination(host=host, address=host, port=port))
@@ -515,7 +563,7 @@ class _Runtime:
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
         self.import_hooks.after_fork_in_child()
-        for adapter in list(self.adapters.values()):
+        for adapter in list(self._enabled.values()):
             adapter.patcher.after_fork_in_child()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
         self.kept = {}
