@@ -21,11 +21,14 @@ from . import _ledger, _log
 from ._import_hooks import ImportHooks
 from ._registry import LAZY_ADAPTERS, adapter_entry_points
 from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
+from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
+from ._tcp import not_tcp_reason
+from ._tcp import raw_family as _raw_family
+from ._tcp import raw_type as _raw_type
 from .adapters._base import COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
 from .rules import Destination, first_match
-from .sockopts import _TCP_FAMILIES, _raw_family, _raw_type, apply_decided, compile_plan, not_tcp_reason
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -35,8 +38,11 @@ if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
     from ._ledger import Note
+    from ._plan import Plan
     from ._socket_hooks import SocketHooks
     from ._status import Status
+    from .policy import Policy
+    from .sockopts import ApplyResult
 
     _Ops: TypeAlias = tuple[tuple[int, int, int], ...]
     # A decision as the connect hook uses it: (decision, its options or None, the ledger's
@@ -580,6 +586,21 @@ _socket_class = _socket.socket
 _weakref = _weakref_module.ref
 _LEDGER = _ledger._ENTRIES
 _STREAM = _socket.SOCK_STREAM
+
+
+def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> ApplyResult:
+    """:func:`kapatch.sockopts.apply_decided`; sockopts (plans, platforms) loads at first use,
+    not at interpreter start: the common path writes precompiled triples."""
+    from .sockopts import apply_decided as apply
+
+    return apply(sock, policy, kept)
+
+
+def compile_plan(policy: Policy, *, kept: frozenset[str]) -> Plan:
+    """:func:`kapatch.sockopts.compile_plan`, loaded at the first decision (see above)."""
+    from .sockopts import compile_plan as compile_
+
+    return compile_(policy, kept=kept)
 
 
 def _simple_ops(decision: Decision) -> _Ops | None:

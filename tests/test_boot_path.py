@@ -168,9 +168,13 @@ def test_the_connect_hook_goes_on_when_socket_is_first_imported():
 
 
 def test_enabled_start_loads_no_adapter_module():
-    """Adapters load when their library is first imported: none at a start that imports none."""
+    """Adapters load when their library is first imported: none at a start that imports none.
+
+    Nor do sockopts (plans, platforms: needed at the first decision) and importlib.
+    """
     enabled = _modules_at_start({"KAPATCH_ENABLED": "1", "KAPATCH_INBOUND": "1"})
     assert "kapatch.runtime" in enabled
+    assert not {"kapatch.sockopts", "kapatch._platforms", "kapatch._plan"} & enabled
     loaded = sorted(n for n in enabled if n.startswith("kapatch.adapters.") and n != "kapatch.adapters._base")
     assert loaded == []
 
