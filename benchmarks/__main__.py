@@ -68,12 +68,14 @@ def run(startup_runs: int, with_callgrind: bool) -> dict[str, object]:
                          f"{cpu['installed, disabled']:.1f} vs {cpu['not installed']:.1f} ms CPU",
                          ratio, "<= 1.02", ratio <= 1.02))  # fmt: skip
     counts = callgrind.measure() if with_callgrind else {}
+    starts = callgrind.measure_startup() if with_callgrind else {}
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "targets": rows,
         "callgrind_instructions_per_iteration": counts,
+        "callgrind_instructions_per_start": starts,
     }
 
 
@@ -93,6 +95,12 @@ def print_table(result: dict[str, object]) -> None:
         for name, label in callgrind.VARIANTS.items():
             if name != "bare":
                 print(f"  {label:30s} {counts[name] - bare:8.0f}")
+    starts = result["callgrind_instructions_per_start"]
+    assert isinstance(starts, dict)
+    for name, found in starts.items():
+        added = found["enabled"] - found["disabled"]
+        print(f"callgrind, interpreter start ({name}): {found['disabled'] / 1e6:.1f}M -> "
+              f"{found['enabled'] / 1e6:.1f}M instructions (+{added / 1e6:.1f}M enabled)")  # fmt: skip
 
 
 def main() -> None:

@@ -77,6 +77,39 @@ def measure() -> dict[str, float]:
         }
 
 
+STARTUP_PROGRAMS = {"pass": "pass", "service imports": "import asyncio, logging, json, typing, dataclasses"}
+
+
+def _start_instructions(program: str, enabled: bool, work: str) -> int:
+    out = os.path.join(work, f"cg.start.{enabled}.{len(program)}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once, as an installed wheel is
+    if enabled:
+        env["KAPATCH_ENABLED"] = "1"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+               "-X", f"pycache_prefix={work}/pyc", "-c", program]  # fmt: skip
+    for _ in range(2):  # the first run writes the .pyc files; the second is the one counted
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    with open(out, encoding="utf-8") as f:
+        match = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+    assert match is not None, "no totals in callgrind output"
+    return int(match.group(1))
+
+
+def measure_startup() -> dict[str, dict[str, int]]:
+    """Instructions of one interpreter start (this venv, kapatch installed), disabled and enabled."""
+    if shutil.which("valgrind") is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="kapatch-callgrind-") as work:
+        return {
+            name: {
+                state: _start_instructions(program, state == "enabled", work)
+                for state in ("disabled", "enabled")
+            }
+            for name, program in STARTUP_PROGRAMS.items()
+        }
+
+
 def main() -> None:
     found = measure()
     if not found:
@@ -86,6 +119,11 @@ def main() -> None:
     print(f"instructions per iteration (callgrind, {HIGH} - {LOW} iterations):")
     for name, label in VARIANTS.items():
         print(f"  {label:30s} {found[name]:9.0f}   {found[name] - bare:8.0f} over socket() + close()")
+    print("instructions per interpreter start (callgrind), kapatch disabled -> enabled:")
+    for name, counts in measure_startup().items():
+        added = counts["enabled"] - counts["disabled"]
+        before, after = counts["disabled"] / 1e6, counts["enabled"] / 1e6
+        print(f"  {name:30s} {before:7.1f}M -> {after:7.1f}M  (+{added / 1e6:.1f}M)")
 
 
 if __name__ == "__main__":
