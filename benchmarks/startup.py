@@ -92,7 +92,11 @@ def phase_times(python: str, env: dict[str, str]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="timed starts per case (default 100)")
-    runs = parser.parse_args().runs
+    return 0 if measure(parser.parse_args().runs) else 1
+
+
+def measure(runs: int) -> dict[str, float]:
+    """Median CPU ms per case, printed with the targets; empty if activation did not happen."""
     off = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
     on = {**off, "KAPATCH_ENABLED": "1"}
     with tempfile.TemporaryDirectory(prefix="kapatch-startup-") as work:
@@ -102,7 +106,7 @@ def main() -> int:
                                capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
         if check.stdout.strip() != "True":
             sys.stderr.write(f"activation did not happen in the benchmark venv:\n{check.stderr}")
-            return 1
+            return {}
         cases = {
             "not installed": (without, off, "pass"),
             "installed, disabled": (with_, off, "pass"),
@@ -120,7 +124,7 @@ def main() -> int:
         phases = [phase_times(with_, off) for _ in range(min(runs, 30))]
     print(f"python {sys.version.split()[0]}, {runs} runs each, interleaved; `python -c PROGRAM`")
     print(f"  {'case':28s} {'CPU median':>11s} {'wall median':>12s} {'wall min':>9s}")
-    cpu = {}
+    cpu: dict[str, float] = {}
     for name, values in samples.items():
         cpu[name] = statistics.median(c for _, c in values) * 1000
         wall = [w * 1000 for w, _ in values]
@@ -140,7 +144,7 @@ def main() -> int:
     print("where the enabled time goes (median in-process CPU ms, imports in this order):")
     for phase in phases[0]:
         print(f"  {phase:36s} {statistics.median(p[phase] for p in phases):7.2f}")
-    return 0
+    return cpu
 
 
 if __name__ == "__main__":

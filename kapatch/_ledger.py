@@ -1,11 +1,13 @@
 """Which adapter configured which socket: a note per file descriptor, for ``kapatch.audit``.
 
-The runtime calls :func:`note` once per connection it decides (one ``fileno()`` and one
-dict store). The dict is keyed by fd, so it is bounded by the number of descriptors the
-process ever held at once, and an entry is overwritten when its fd is reused by a socket
-kapatch sees. An entry is **advisory**: a socket kapatch never saw may reuse the fd of one
-it configured, so the audit's verdict comes from the kernel's values, and the ledger only
-says who configured a socket and what it kept on purpose.
+The runtime notes once per connection it decides: one ``fileno()``, one weak reference, one
+dict store, and the (adapter, action, kept) tuple made once per decision, not per socket
+(the connect hook writes the entry itself, as :func:`note_made` does). The dict is keyed
+by fd, so it is bounded by the number of descriptors the process ever held at once, and an
+entry is overwritten when its fd is reused by a socket kapatch sees. An entry is
+**advisory**: a socket kapatch never saw may reuse the fd of one it configured, so the
+audit's verdict comes from the kernel's values, and the ledger only says who configured a
+socket and what it kept on purpose.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from ._records import record
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
 
-__all__ = ["LedgerEntry", "lookup", "note"]
+__all__ = ["LedgerEntry", "lookup", "note", "note_made"]
 
-_ENTRIES: dict[int, tuple[Any, str, str, frozenset[str]]] = {}
+Note: TypeAlias = "tuple[str, str, frozenset[str]]"
+"""(adapter, action, kept): made once per decision, shared by every socket it is noted for."""
+
+_ENTRIES: dict[int, tuple[Any, Note]] = {}
 
 
 @record
@@ -33,7 +38,12 @@ class LedgerEntry:
 
 
 def note(sock: Any, adapter: str, action: str, kept: frozenset[str]) -> None:
-    """Record the decision for *sock*'s descriptor; a socket-like without one is skipped.
+    """Record the decision for *sock*'s descriptor; a socket-like without one is skipped."""
+    note_made(sock, (adapter, action, kept))
+
+
+def note_made(sock: Any, made: Note, _ref: Any = _weakref.ref) -> None:
+    """:func:`note` with the (adapter, action, kept) tuple made already (the connect hook's).
 
     A weak reference to the socket object comes along where it allows one, so that
     :func:`lookup` can tell a note about a socket since closed (its fd reused by another
@@ -41,20 +51,20 @@ def note(sock: Any, adapter: str, action: str, kept: frozenset[str]) -> None:
     """
     try:
         fd = sock.fileno()
-        owner = _weakref.ref(sock)
+        owner = _ref(sock)
     except TypeError:  # no weak references (some socket-likes): an unchecked note
         owner = None
     except Exception:  # a socket-like object kapatch cannot read: nothing to note
         return
     if isinstance(fd, int) and fd >= 0:
-        _ENTRIES[fd] = (owner, adapter, action, kept)
+        _ENTRIES[fd] = (owner, made)
 
 
 def lookup(fd: int) -> LedgerEntry | None:
     found = _ENTRIES.get(fd)
     if found is None:
         return None
-    owner, adapter, action, kept = found
+    owner, (adapter, action, kept) = found
     if owner is not None:
         sock = owner()
         try:

@@ -2,14 +2,22 @@
 
 The built-in adapters are registered the same way (pyproject.toml), so a third
 party's adapter is a peer, not a plug-in bolted on. Names are read without
-importing anything; a class is loaded only when its adapter is enabled.
+importing anything; a built-in adapter's class is loaded only when its library is first
+imported (``LAZY_ADAPTERS``), a third party's when kapatch is installed.
 """
 
 from __future__ import annotations
 
 from ._dist_info import entry_points
 
-__all__ = ["BUILTIN_ADAPTERS", "ENTRY_POINT_GROUP", "adapter_entry_points", "adapter_names", "clear_cache"]
+__all__ = [
+    "BUILTIN_ADAPTERS",
+    "ENTRY_POINT_GROUP",
+    "LAZY_ADAPTERS",
+    "adapter_entry_points",
+    "adapter_names",
+    "clear_cache",
+]
 
 ENTRY_POINT_GROUP = "kapatch.adapters"
 
@@ -22,6 +30,45 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "socket": "kapatch.adapters.socket:SocketAdapter",
 }
 
+
+LAZY_ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "urllib3": (
+        "kapatch.adapters.urllib3:Urllib3Adapter",
+        ("urllib3.connection", "urllib3.contrib.socks", "urllib3.connectionpool"),
+    ),
+    "redis": ("kapatch.adapters.redis:RedisAdapter", ("redis.connection", "redis.asyncio.connection")),
+    "psycopg": ("kapatch.adapters.psycopg:PsycopgAdapter", ("psycopg",)),
+    "httpx": (
+        "kapatch.adapters.httpx:HttpxAdapter",
+        (
+            "httpcore._backends.sync",
+            "httpcore._backends.anyio",
+            "httpcore._backends.trio",
+            "httpcore._sync.connection_pool",
+            "httpcore._async.connection_pool",
+            "httpcore._sync.http11",
+            "httpcore._sync.http2",
+            "httpcore._async.http11",
+            "httpcore._async.http2",
+        ),
+    ),
+    "socket": ("kapatch.adapters.socket:SocketAdapter", ("socket",)),
+    "amqp": ("kapatch.adapters.amqp:AmqpAdapter", ("amqp.transport",)),
+    "eventloops": ("kapatch.adapters.eventloops:EventLoopsAdapter", ("asyncio",)),
+    "gevent": ("kapatch.adapters.gevent:GeventAdapter", ("gevent._socketcommon",)),
+    "grpc": ("kapatch.adapters.grpc:GrpcAdapter", ("grpc", "grpc.aio")),
+    "inbound": ("kapatch.adapters.inbound:InboundAdapter", ("socket",)),
+    "mysqlclient": ("kapatch.adapters.mysqlclient:MysqlclientAdapter", ("MySQLdb.connections",)),
+    "psycopg2": ("kapatch.adapters.psycopg2:Psycopg2Adapter", ("psycopg2",)),
+    "psycopg_pool": ("kapatch.adapters.psycopg_pool:PsycopgPoolAdapter", ("psycopg_pool",)),
+    "pymongo": ("kapatch.adapters.pymongo:PymongoAdapter", ("pymongo.pool_shared", "pymongo.pool")),
+    "uvloop": ("kapatch.adapters.uvloop:UvloopAdapter", ("uvloop",)),
+}
+"""Built-in adapter -> (its class, the modules whose first import loads it): the class's own
+``modules``, or ``socket`` for an adapter that only hooks ``socket.socket``. The runtime
+imports an adapter's module (and checks its library's version) only then, not at
+interpreter start; a third party's adapter is loaded at install. tests/test_boot_path.py
+holds this table to the classes."""
 
 _found: dict[str, str] | None = None  # read once per process (functools costs ~1 ms at start)
 

@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_FIELDS",
+    "MASK_OF",
     "NOTHING",
     "TIMINGS",
     "Chosen",
     "chosen_in_options",
+    "chosen_mask",
     "chosen_on_socket",
     "fields_written",
     "option_field",
@@ -140,20 +142,38 @@ def chosen_on_socket(sock: Any) -> frozenset[str]:
     Raises ``OSError`` when the socket cannot be read (closed, not really TCP): the
     caller then leaves it alone.
     """
+    return _BY_MASK[chosen_mask(sock)]
+
+
+def chosen_mask(
+    sock: Any,
+    _sol: int = _SOL,
+    _keepalive: int = _SO_KEEPALIVE,
+    _tcp: int = _TCP,
+    _user: int | None = _USER_TIMEOUT,
+) -> int:
+    """:func:`chosen_on_socket` as a bit mask (``_BY_MASK[mask]`` is the set): the connect hook's
+    read, which indexes its per-mask decisions with it and so allocates nothing.
+
+    The constants are default arguments: locals, not global lookups, once per connection.
+    """
     read = sock.getsockopt
-    mask = 1 if read(_SOL, _SO_KEEPALIVE) else 0
+    mask = 1 if read(_sol, _keepalive) else 0
     defaults = _DEFAULTS[0] if _DEFAULTS else _kernel_defaults()
     if defaults is not None:
-        idle, interval, count = defaults
-        if read(_TCP, _IDLE) != idle:
+        if read(_tcp, _IDLE) != defaults[0]:
             mask |= 2
-        if read(_TCP, _INTERVAL) != interval:
+        if read(_tcp, _INTERVAL) != defaults[1]:
             mask |= 4
-        if read(_TCP, _COUNT) != count:
+        if read(_tcp, _COUNT) != defaults[2]:
             mask |= 8
-    if _USER_TIMEOUT is not None and read(_TCP, _USER_TIMEOUT):
+    if _user is not None and read(_tcp, _user):
         mask |= 16
-    return _BY_MASK[mask]
+    return mask
+
+
+MASK_OF = {chosen: mask for mask, chosen in enumerate(_BY_MASK)}
+"""The inverse of ``_BY_MASK``: the mask of a chosen set the socket read can return."""
 
 
 def fields_written(policy: Policy) -> frozenset[str]:

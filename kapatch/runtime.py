@@ -9,7 +9,9 @@ connect, and without making a process that never opens one import it.
 
 from __future__ import annotations
 
+import _socket
 import _thread
+import _weakref as _weakref_module
 import contextvars
 import errno
 import os
@@ -17,13 +19,16 @@ import sys
 
 from . import _ledger, _log
 from ._import_hooks import ImportHooks
-from ._registry import adapter_entry_points
-from ._respect import NOTHING, TIMINGS, chosen_on_socket, fields_written
+from ._registry import LAZY_ADAPTERS, adapter_entry_points
+from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
+from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
+from ._tcp import not_tcp_reason
+from ._tcp import raw_family as _raw_family
+from ._tcp import raw_type as _raw_type
 from .adapters._base import COUNTERS, POOL_COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
 from .rules import Destination, first_match
-from .sockopts import apply_decided, compile_plan, not_tcp_reason
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -32,15 +37,28 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, TypeAlias
 
+    from ._ledger import Note
+    from ._plan import Plan
     from ._socket_hooks import SocketHooks
     from ._status import Status
+    from .policy import Policy
+    from .sockopts import ApplyResult
 
     _Ops: TypeAlias = tuple[tuple[int, int, int], ...]
+    # A decision as the connect hook uses it: (decision, its options or None, the ledger's
+    # note, the counter it adds to).
+    _Made: TypeAlias = tuple[Decision, _Ops | None, Note, str]
+    # Per adapter: (whether its sockets are read: respect mode, the decision per chosen mask
+    # or None until made, its counters, its kept-field counters).
+    _Hot: TypeAlias = tuple[bool, list[_Made | None], dict[str, int], dict[str, int]]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
 
 _CLAIM: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("kapatch_claim", default=None)
+_CLAIMED = [False]
+"""Set for good when a claim block is first entered: until then no context can hold a claim,
+and the connect hook skips the context-variable lookup (only library adapters claim)."""
 
 
 class _Runtime:
@@ -50,7 +68,8 @@ class _Runtime:
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
         self.config: Config | None = None
-        self.adapters: dict[str, Adapter] = {}
+        self._enabled: dict[str, Adapter] = {}  # loaded and enabled, in the order they were
+        self._pending: dict[str, str] = {}  # selected built-ins not loaded yet -> class target
         self.reasons: dict[str, str] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.kept: dict[str, dict[str, int]] = {}  # adapter -> field -> connections that kept it
@@ -59,7 +78,9 @@ class _Runtime:
         self.generation = 0
         self._configs: dict[str, AdapterConfig] = {}
         # (adapter, chosen) -> (decision, its options as (level, option, value), or None: full path)
-        self._fast: dict[tuple[str, frozenset[str]], tuple[Decision, _Ops | None]] = {}
+        self._fast: dict[tuple[str, frozenset[str]], _Made] = {}
+        # adapter -> the unclaimed connect path's table (see _Hot)
+        self._hot: dict[str, _Hot] = {}
         self.socket_hooks: SocketHooks | None = None  # made when socket is first imported
         self.import_hooks = ImportHooks()
 
@@ -71,9 +92,11 @@ class _Runtime:
             self.config = config
             self._configs = {}
             self._fast = {}
+            self._hot = {}
             level = config.log_level  # set now if logging is loaded, else the moment it is
             self.import_hooks.when_imported("logging", lambda logging: _log.set_level(logging, level))
             if config.enabled:
+                generation = self.generation
                 for name, target in adapter_entry_points().items():
                     self._configs[name] = config.for_adapter(name)
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
@@ -82,23 +105,66 @@ class _Runtime:
                     if not config.wants_adapter(name):
                         self.reasons[name] = "not selected by the configuration"
                         continue
-                    self._enable(name, target)
-                self._say_pool_gaps()
-                hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self.adapters.values()))
-                if hooks:
-                    generation = self.generation
-                    self.import_hooks.when_imported("socket", lambda _: self._hook_socket(generation, hooks))
+                    lazy = LAZY_ADAPTERS.get(name)
+                    if lazy is None or lazy[0] != target:
+                        self._enable(name, target)  # a third party's: its modules are known once loaded
+                        continue
+                    # A built-in: loaded (with its library's version check) when one of its
+                    # modules is first imported, or when someone asks (status, audit).
+                    self._pending[name] = target
+                    self.reasons[name] = "waiting for import of " + " or ".join(lazy[1])
+                    for module_name in lazy[1]:
+                        self._register_load(name, module_name, generation)
+                self._sync_socket_hooks(generation)
 
-    def _hook_socket(self, generation: int, hooks: frozenset[str]) -> None:
+    def _register_load(self, name: str, module_name: str, generation: int) -> None:
+        def on_import(_: ModuleType) -> None:
+            with self._lock:
+                if generation == self.generation:
+                    self._load_pending(name)
+
+        self.import_hooks.when_imported(module_name, on_import)
+
+    def _load_pending(self, name: str) -> None:
+        """Load and enable a pending built-in adapter; its hooks patch what is imported already."""
+        target = self._pending.pop(name, None)
+        if target is None:
+            return  # loaded already, or never selected
+        self._enable(name, target)
+        adapter = self._enabled.get(name)
+        if adapter is not None and adapter.socket_hooks:
+            self._sync_socket_hooks(self.generation)
+
+    def load_pending(self) -> None:
+        """Load every selected built-in adapter not loaded yet (status and audit report them all)."""
+        with self._lock:
+            for name in list(self._pending):
+                self._load_pending(name)
+
+    @property
+    def adapters(self) -> dict[str, Adapter]:
+        """The enabled adapters, every selected one loaded first."""
+        self.load_pending()
+        return self._enabled
+
+    def _sync_socket_hooks(self, generation: int) -> None:
+        """Hook socket.socket (when socket is imported) for what the loaded adapters ask for."""
+        hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self._enabled.values()))
+        installed = self.socket_hooks.installed if self.socket_hooks is not None else frozenset()
+        if hooks and not hooks <= installed:
+            self.import_hooks.when_imported("socket", lambda _: self._hook_socket(generation))
+
+    def _hook_socket(self, generation: int) -> None:
         from ._socket_hooks import SocketHooks
 
         with self._lock:
             if generation != self.generation:
                 return  # an import hook from an earlier install()
+            hooks: frozenset[str] = frozenset().union(*(a.socket_hooks for a in self._enabled.values()))
             if self.socket_hooks is None:
                 self.socket_hooks = SocketHooks(self)
             self.socket_hooks.install(hooks)
-            for adapter in self.adapters.values():
+            for adapter in self._enabled.values():
                 self.reasons[adapter.name] = self._describe_patch_state(adapter)
 
     def _enable(self, name: str, target: str) -> None:
@@ -116,7 +182,8 @@ class _Runtime:
             return
         adapter = adapter_class()
         adapter.enable(self)
-        self.adapters[name] = adapter
+        self._enabled[name] = adapter
+        self._say_pool_gaps(adapter)
         generation = self.generation
         for module_name in adapter_class.modules:
             self._register_hook(adapter, module_name, generation)
@@ -124,7 +191,7 @@ class _Runtime:
 
     def _register_hook(self, adapter: Adapter, module_name: str, generation: int) -> None:
         def on_import(module: ModuleType) -> None:
-            if generation != self.generation or self.adapters.get(adapter.name) is not adapter:
+            if generation != self.generation or self._enabled.get(adapter.name) is not adapter:
                 return  # a hook from an earlier install()
             try:
                 adapter.patch(module_name)
@@ -152,7 +219,7 @@ class _Runtime:
             self._uninstall_locked()
 
     def _uninstall_locked(self) -> None:
-        for adapter in reversed(list(self.adapters.values())):
+        for adapter in reversed(list(self._enabled.values())):
             try:
                 adapter.disable()
             except Exception as error:
@@ -160,11 +227,13 @@ class _Runtime:
         if self.socket_hooks is not None:
             self.socket_hooks.remove()
         self.import_hooks.clear()
-        self.adapters.clear()
+        self._enabled.clear()
+        self._pending.clear()
         self.reasons.clear()
         self.config = None
         self._configs = {}
         self._fast = {}
+        self._hot = {}
         self.generation += 1
 
     def status(self) -> Status:
@@ -175,10 +244,11 @@ class _Runtime:
         with self._lock:
             if self.config is None:
                 return Status(installed=False, config=None)
+            self.load_pending()
             entries = []
             for name, target in adapter_entry_points().items():
                 adapter_config = self._configs.get(name) or self.config.for_adapter(name)
-                adapter = self.adapters.get(name)
+                adapter = self._enabled.get(name)
                 version = adapter.installed_version() if adapter else _version_for(target)
                 entries.append(
                     AdapterStatus(
@@ -271,30 +341,34 @@ class _Runtime:
             fast = self._fast.get((adapter, chosen))
             if fast is None:
                 fast = self._decide_once(adapter, chosen, Destination(host=host, address=address, port=port))
-            decision, ops = fast
-            _ledger.note(sock, adapter, decision.action, decision.kept)  # for kapatch.audit
-            if decision.action != "apply" or decision.policy is None:
-                self._count_decision(adapter, decision, _COUNTER_FOR[decision.action])
-                return decision
-            if ops is not None:
-                try:
-                    for level, option, value in ops:
-                        sock.setsockopt(level, option, value)
-                except OSError as error:
-                    if error.errno in _UNUSABLE_SOCKET:  # closed under us: the application's own call fails
-                        self._count(adapter, "skipped")
-                        return _UNREADABLE
-                else:  # the full path below says which option the kernel refused, and why
-                    self._count_decision(adapter, decision, "configured")
-                    return decision
-            result = apply_decided(sock, decision.policy, decision.kept)
+            return self._carry_out(sock, adapter, fast)
         except Exception as error:  # e.g. a closed socket; the connect goes on regardless
             self.record_failure(adapter, "configuring a socket", error)
             return Decision("skip", reason=f"error: {error!r}")
+
+    def _carry_out(self, sock: socket.socket, adapter: str, made: _Made) -> Decision:
+        """Note, write and count one connection's decision; raises only what the caller catches."""
+        decision, ops, note, counter = made
+        _ledger.note_made(sock, note)  # for kapatch.audit
+        if ops is not None:
+            try:
+                for level, option, value in ops:
+                    sock.setsockopt(level, option, value)
+            except OSError as error:
+                if error.errno in _UNUSABLE_SOCKET:  # closed under us: the application's own call fails
+                    self._count(adapter, "skipped")
+                    return _UNREADABLE
+            else:  # the full path below says which option the kernel refused, and why
+                self._count_decision(adapter, decision, counter)
+                return decision
+        if decision.policy is None:  # pragma: no cover - an apply decision always has a policy
+            self._count_decision(adapter, decision, counter)
+            return decision
+        result = apply_decided(sock, decision.policy, decision.kept)
         for name, refusal in result.failed:
             self.record_failure(adapter, f"setsockopt {name}", refusal, count=False)
-        for note in result.unsupported:
-            self._log_once(("unsupported", note), _log.INFO, "kapatch: %s", note)
+        for message in result.unsupported:
+            self._log_once(("unsupported", message), _log.INFO, "kapatch: %s", message)
         self._count_decision(adapter, decision, "configured" if result.ok else "failed")
         return decision
 
@@ -307,14 +381,18 @@ class _Runtime:
         except OSError:
             return None
 
-    def _decide_once(
-        self, adapter: str, chosen: frozenset[str], destination: Destination
-    ) -> tuple[Decision, _Ops | None]:
+    def _decide_once(self, adapter: str, chosen: frozenset[str], destination: Destination) -> _Made:
         """Decide, and remember it for (adapter, chosen) where no rule can make it depend on more."""
         decision = self._decide(adapter, destination, chosen)
-        found = (decision, _simple_ops(decision))
+        ops = _simple_ops(decision)
+        counter = _COUNTER_FOR[decision.action]
+        found = (decision, ops, (adapter, decision.action, decision.kept), counter)
         if self._no_rule_for(adapter):
             self._fast[(adapter, chosen)] = found
+            hot = self._hot.get(adapter)
+            mask = MASK_OF.get(chosen)
+            if hot is not None and mask is not None:
+                hot[1][mask] = found
         return found
 
     def _no_rule_for(self, adapter: str) -> bool:
@@ -325,6 +403,7 @@ class _Runtime:
     def claim(
         self, adapter: str, host: str | None, port: int | None, *, chosen: frozenset[str] | None = None
     ) -> _ClaimBlock:
+        _CLAIMED[0] = True
         return _ClaimBlock(Claim(adapter, host, port, chosen))
 
     def reapply(self, sock: socket.socket, adapter: str, decision: Decision) -> None:
@@ -350,40 +429,119 @@ class _Runtime:
         self._count(adapter, "uncovered")
 
     # -- the shared hooks on socket.socket, and the paths that connect elsewhere ---
-    def on_connect(self, sock: socket.socket, address: Any, *, default_adapter: str = "socket") -> None:
+    def on_connect(  # noqa: PLR0911, PLR0912 - the hot path, written out in one function on purpose
+        self, sock: socket.socket, address: Any, *, default_adapter: str = "socket"
+    ) -> None:
         """A TCP socket is about to connect to *address* (or has just, where a path connects in C).
 
         The library adapter claiming the current context decides; otherwise
         *default_adapter*, the adapter of the path itself (``socket`` for the stdlib
         class, ``gevent``, ``uvloop``). Never raises.
+
+        Every connection passes here, so the common case (no claim, the decision made
+        already, plain setsockopt triples) is written out in this one function: a type
+        check, the socket read (respect mode), one list index, the note, the writes and
+        the count, and no allocation but the note's. Anything else takes the general path.
         """
         try:
-            if not_tcp_reason(sock) is not None:
+            native = isinstance(sock, _socket_class)
+            if native:
+                if _raw_type(sock) != _STREAM or _raw_family(sock) not in _TCP_FAMILIES:
+                    return
+            elif not_tcp_reason(sock) is not None:
                 return
-            host, port = _host_port(address)
-            owner = _CLAIM.get()
-            if owner is not None and owner.adapter not in self.adapters:
-                owner = None  # claimed by an adapter that is no longer enabled
-            if owner is None:
-                if default_adapter in self.adapters:
-                    self._configure(sock, default_adapter, None, host=host, address=host, port=port)
+            if _CLAIMED[0] and _CLAIM.get() is not None:
+                self._on_claimed(sock, address, default_adapter)
                 return
-            decision = self._configure(
-                sock,
-                owner.adapter,
-                owner.chosen,
-                host=owner.host or host,
-                address=host,
-                port=owner.port or port,
-            )
-            owner.decisions.append(decision)
+            hot = self._hot.get(default_adapter)
+            if hot is None:
+                if default_adapter not in self._enabled:
+                    return
+                hot = self._hot_for(default_adapter)
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
+            return
+        reads, made, counts, kept = hot
+        try:
+            if not reads:
+                mask = 0  # override mode: every field is written, nothing to read
+            else:
+                try:
+                    mask = chosen_mask(sock)
+                except OSError:
+                    # Closed, or not really TCP (fromfd of a UDP socket): the application's
+                    # own call is about to fail or does not need keepalive. Nothing to say.
+                    self._count(default_adapter, "skipped")
+                    return
+            found = made[mask]
+            ops = found[1] if found is not None else None
+            if found is not None and ops is not None and native:
+                decision, _, note, counter = found
+                fd = sock.fileno()
+                if fd >= 0:  # the ledger's note (kapatch.audit), as _ledger.note_made makes it
+                    try:
+                        _LEDGER[fd] = (_weakref(sock), note)
+                    except TypeError:  # a bare _socket.socket takes no weak reference
+                        _LEDGER[fd] = (None, note)
+                try:
+                    for level, option, value in ops:
+                        sock.setsockopt(level, option, value)
+                except OSError:  # the general path says which option, and why (or: closed)
+                    self._carry_out(sock, default_adapter, found)
+                    return
+                with self._stats_lock:
+                    counts[counter] += 1
+                    if decision.kept:
+                        for name in decision.kept:
+                            kept[name] = kept.get(name, 0) + 1
+                return
+            if found is not None:
+                self._carry_out(sock, default_adapter, found)
+                return
+        except Exception as error:  # as in _configure: the connect goes on regardless
+            self.record_failure(default_adapter, "configuring a socket", error)
+            return
+        try:
+            host, port = _host_port(address)
+            self._configure(sock, default_adapter, _BY_MASK[mask], host=host, address=host, port=port)
+        except Exception as error:
+            self.record_failure(default_adapter, "connect hook", error)
+
+    def _on_claimed(self, sock: socket.socket, address: Any, default_adapter: str) -> None:
+        """A connection inside a library adapter's claim block: that adapter decides."""
+        owner = _CLAIM.get()
+        assert owner is not None
+        host, port = _host_port(address)
+        if owner.adapter not in self._enabled:  # claimed by an adapter that is no longer enabled
+            if default_adapter in self._enabled:
+                self._configure(sock, default_adapter, None, host=host, address=host, port=port)
+            return
+        decision = self._configure(
+            sock,
+            owner.adapter,
+            owner.chosen,
+            host=owner.host or host,
+            address=host,
+            port=owner.port or port,
+        )
+        owner.decisions.append(decision)
+
+    def _hot_for(self, adapter: str) -> _Hot:
+        """The connect hook's table for *adapter*, made on its first unclaimed connection."""
+        with self._stats_lock:
+            counts = self.counts.get(adapter)
+            if counts is None:
+                counts = self.counts[adapter] = dict.fromkeys(COUNTERS, 0)
+            kept = self.kept.setdefault(adapter, {})
+        made: list[_Made | None] = [None] * len(_BY_MASK)
+        found = (self.config_for(adapter).mode is not Mode.OVERRIDE, made, counts, kept)
+        self._hot[adapter] = found
+        return found
 
     def on_listen(self, sock: socket.socket) -> None:
         """A TCP socket is about to listen: the inbound policy, inherited by every accepted socket."""
         try:
-            if "inbound" not in self.adapters or not_tcp_reason(sock) is not None:
+            if "inbound" not in self._enabled or not_tcp_reason(sock) is not None:
                 return
             host, port = _host_port(sock.getsockname())
             self.configure_socket(sock, "inbound", Destination(host=host, address=host, port=port))
@@ -406,29 +564,32 @@ class _Runtime:
         except Exception:  # a counter must never break the pool that counts
             pass
 
-    def _say_pool_gaps(self) -> None:
+    def _say_pool_gaps(self, adapter: Adapter) -> None:
         """One log line when ``heartbeat`` or ``max_idle`` is set for a pooled library that cannot carry it.
 
-        A warning when the user set the field; when only a profile did, a notice (doctor and
-        status say it either way): the profile cannot know which libraries the program uses.
+        Said when the adapter loads (its library is imported): a warning when the user set the
+        field; when only a profile did, a notice (doctor and status say it either way): the
+        profile cannot know which libraries the program uses.
         """
-        gaps: dict[bool, list[str]] = {True: [], False: []}
-        for name, adapter in self.adapters.items():
-            adapter_config = self._configs[name]
-            for field, mechanism in _POOL_MECHANISMS:
-                value = getattr(adapter_config.policy, field)
-                if adapter.pooled and value is not None and getattr(adapter, mechanism) is None:
-                    by_user = not adapter_config.sources.get(field, "").startswith("profile")
-                    gaps[by_user].append(f"{name} ({field})")
-        for by_user, names in gaps.items():
-            if names:
-                self._log_once(
-                    ("pool-gaps", str(by_user), str(self.generation)),  # once per install
-                    _log.WARNING if by_user else _log.INFO,
-                    "kapatch: not carried to %s: these libraries have no mechanism for it, so their "
-                    "pooled connections get keepalive only (see `kapatch doctor`)",
-                    ", ".join(names),
-                )
+        adapter_config = self._configs.get(adapter.name)
+        if adapter_config is None or not adapter.pooled:
+            return
+        gaps = [
+            field
+            for field, mechanism in _POOL_MECHANISMS
+            if getattr(adapter_config.policy, field) is not None and getattr(adapter, mechanism) is None
+        ]
+        if not gaps:
+            return
+        by_user = any(not adapter_config.sources.get(field, "").startswith("profile") for field in gaps)
+        self._log_once(
+            ("pool-gaps", adapter.name, str(self.generation)),  # once per install
+            _log.WARNING if by_user else _log.INFO,
+            "kapatch: %s not carried to %s: the library has no mechanism for it, so its pooled "
+            "connections get keepalive only (see `kapatch doctor`)",
+            " and ".join(gaps),
+            adapter.name,
+        )
 
     def _count_decision(self, adapter: str, decision: Decision, counter: str) -> None:
         self._count(adapter, counter)
@@ -450,11 +611,12 @@ class _Runtime:
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
         self.import_hooks.after_fork_in_child()
-        for adapter in list(self.adapters.values()):
+        for adapter in list(self._enabled.values()):
             adapter.patcher.after_fork_in_child()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
         self.kept = {}
         self.pool_counts = {}
+        self._hot = {}  # it holds the parent's counter dicts
         self.logged = set()
 
 
@@ -482,6 +644,25 @@ _UNREADABLE = Decision("skip", reason="the socket cannot be read")
 
 
 _UNUSABLE_SOCKET = frozenset({errno.EBADF, errno.ENOTSOCK})
+_socket_class = _socket.socket
+_weakref = _weakref_module.ref
+_LEDGER = _ledger._ENTRIES
+_STREAM = _socket.SOCK_STREAM
+
+
+def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> ApplyResult:
+    """:func:`kapatch.sockopts.apply_decided`; sockopts (plans, platforms) loads at first use,
+    not at interpreter start: the common path writes precompiled triples."""
+    from .sockopts import apply_decided as apply
+
+    return apply(sock, policy, kept)
+
+
+def compile_plan(policy: Policy, *, kept: frozenset[str]) -> Plan:
+    """:func:`kapatch.sockopts.compile_plan`, loaded at the first decision (see above)."""
+    from .sockopts import compile_plan as compile_
+
+    return compile_(policy, kept=kept)
 
 
 def _simple_ops(decision: Decision) -> _Ops | None:

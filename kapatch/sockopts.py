@@ -8,6 +8,7 @@ import errno
 from ._memo import remember
 from ._platforms import _FALLBACKS, compile_for, current_platform
 from ._records import record
+from ._tcp import TCP_FAMILIES, not_tcp_reason, raw_family, raw_type
 from .policy import MAX_USER_TIMEOUT_MS
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -40,11 +41,7 @@ __all__ = [
     "wanted_values",
 ]
 
-_TCP_FAMILIES = tuple(
-    family for family in (getattr(_socket, "AF_INET", None), getattr(_socket, "AF_INET6", None))
-    if family is not None
-)  # fmt: skip
-
+_TCP_FAMILIES = TCP_FAMILIES
 
 # The errors by which an OS says "no such option" (Windows reports WSA codes).
 _UNSUPPORTED_ERRNOS = frozenset(
@@ -98,21 +95,7 @@ def _without(plan: Plan, kept: frozenset[str]) -> Plan:
 
 # The C-level getters return plain ints; socket.socket's properties convert each to an enum,
 # which is most of the cost of this check on every connect.
-_raw_family = _socket.socket.family.__get__
-_raw_type = _socket.socket.type.__get__
-
-
-def not_tcp_reason(sock: SocketLike) -> str | None:
-    """Why *sock* is not a TCP socket kapatch may touch, or ``None`` when it is."""
-    if isinstance(sock, _socket.socket):
-        family, kind = _raw_family(sock), _raw_type(sock)
-    else:  # asyncio's TransportSocket and other socket-likes
-        family, kind = sock.family, sock.type
-    if family not in _TCP_FAMILIES:
-        return f"not TCP: family {sock.family!s}"
-    if kind != _socket.SOCK_STREAM:
-        return f"not TCP: type {sock.type!s}"
-    return None
+_raw_family, _raw_type = raw_family, raw_type
 
 
 @record

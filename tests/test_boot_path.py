@@ -165,3 +165,52 @@ def test_the_connect_hook_goes_on_when_socket_is_first_imported():
         "connect connect_ex",
         "active (socket.socket.connect hook)",
     ]
+
+
+def test_enabled_start_loads_no_adapter_module():
+    """Adapters load when their library is first imported: none at a start that imports none.
+
+    Nor do sockopts (plans, platforms: needed at the first decision) and importlib.
+    """
+    enabled = _modules_at_start({"KAPATCH_ENABLED": "1", "KAPATCH_INBOUND": "1"})
+    assert "kapatch.runtime" in enabled
+    assert not {"kapatch.sockopts", "kapatch._platforms", "kapatch._plan"} & enabled
+    loaded = sorted(n for n in enabled if n.startswith("kapatch.adapters.") and n != "kapatch.adapters._base")
+    assert loaded == []
+
+
+def test_lazy_adapter_table_matches_the_classes():
+    """The registry's table says, without importing them, what the adapter classes say."""
+    from kapatch._registry import BUILTIN_ADAPTERS, LAZY_ADAPTERS
+    from kapatch.runtime import _load
+
+    entry_points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="kapatch.adapters")}
+    assert set(LAZY_ADAPTERS) == set(entry_points)
+    for name, (target, modules) in LAZY_ADAPTERS.items():
+        assert target == entry_points[name] == BUILTIN_ADAPTERS.get(name, target), name
+        adapter = _load(target)
+        assert adapter.name == name
+        assert modules == (adapter.modules or ("socket",)), name
+        if not adapter.modules:  # loaded at socket's import: it must need nothing else
+            assert adapter.socket_hooks, name
+
+
+def test_an_adapter_loads_when_its_library_is_imported():
+    code = textwrap.dedent(
+        """
+        import sys
+        import kapatch.runtime
+        print("kapatch.adapters.redis" in sys.modules)
+        import redis
+        print("kapatch.adapters.redis" in sys.modules)
+        import kapatch
+        print(kapatch.status().adapter("redis").reason)
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False", "True", "patched"]

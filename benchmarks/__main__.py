@@ -1,0 +1,119 @@
+"""Every benchmark in one run, judged against issue 13's targets: ``python -m benchmarks``.
+
+Prints each target's figure, ratio and whether it is met, and writes the same as JSON
+(``benchmarks/results.json``, or ``--json PATH``). Ratios come from variants measured in
+the same process and run (interleaved rounds, fastest round; process start-ups on the
+children's CPU time). The README's "Cost" table is copied from this output.
+
+    .venv/bin/python -m benchmarks [--startup-runs 40] [--no-callgrind] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from . import callgrind, connect, memory, pooled, startup
+
+HERE = Path(__file__).resolve().parent
+
+
+def _row(target: str, figure: str, ratio: float | None, limit: str, met: bool) -> dict[str, object]:
+    return {"target": target, "figure": figure, "ratio": ratio, "limit": limit, "met": met}
+
+
+def run(startup_runs: int, with_callgrind: bool) -> dict[str, object]:
+    rows = []
+    found = connect.measure()
+    hand = found["hand-written setsockopt"]
+    for mode in ("override", "respect"):
+        ratio = found[f"kapatch, {mode} mode"] / hand
+        figure = (f"{found[f'kapatch, {mode} mode'] * 1e6:.2f} vs {hand * 1e6:.2f} us per "
+                  f"socket()+connect()+close()")  # fmt: skip
+        rows.append(_row(f"1. loopback connect, kapatch ({mode}) vs the same options by hand",
+                         figure, ratio, "<= 1.05", ratio <= 1.05))  # fmt: skip
+    by_hand, hook = found["5 setsockopt by hand"], found["kapatch's connect hook"]
+    ratio = hook / by_hand
+    figure = f"{hook * 1e6:.2f} vs {by_hand * 1e6:.2f} us"
+    rows.append(_row("2. the hook's own work (override) vs the bare 5 setsockopt", figure, ratio, "<= 1.5",
+                     ratio <= 1.5))  # fmt: skip
+    for name, bench in (("requests GET", pooled.bench_requests), ("redis GET", pooled.bench_redis)):
+        times = bench()
+        ratio = times["without kapatch (baseline)"] / times["kapatch installed"]  # throughput ratio
+        figure = (f"{1 / times['kapatch installed']:.0f} vs {1 / times['without kapatch (baseline)']:.0f} "
+                  f"requests/s (pooled)")  # fmt: skip
+        rows.append(_row(f"3. pooled {name} throughput, kapatch vs without", figure, ratio, ">= 0.99",
+                         ratio >= 0.99))  # fmt: skip
+    retained = memory.measure()
+    kept_kb = max(retained["traced_kb"], retained["rss_kb"])
+    figure = (f"tracemalloc {retained['traced_kb']:+.1f} KB, RSS {retained['rss_kb']:+.0f} KB, "
+              f"ledger {retained['ledger_entries']:.0f} entries")  # fmt: skip
+    rows.append(_row(f"4. memory retained by {retained['connections']:,.0f} connections", figure, None,
+                     "< 100 KB", kept_kb < 100))  # fmt: skip
+    cpu = startup.measure(startup_runs)
+    if cpu:
+        for label, on, off in (("`python -c pass`", "installed, enabled", "installed, disabled"),
+                               ("a program importing asyncio etc.", "service imports, enabled",
+                                "service imports, disabled")):  # fmt: skip
+            added = cpu[on] - cpu[off]
+            rows.append(_row(f"5. interpreter start when enabled, {label}",
+                             f"+{added:.1f} ms CPU ({cpu[on]:.1f} vs {cpu[off]:.1f} ms)",
+                             cpu[on] / cpu[off], "<= +10 ms", added <= 10))  # fmt: skip
+        ratio = cpu["installed, disabled"] / cpu["not installed"]
+        rows.append(_row("   interpreter start, installed but disabled vs not installed",
+                         f"{cpu['installed, disabled']:.1f} vs {cpu['not installed']:.1f} ms CPU",
+                         ratio, "<= 1.02", ratio <= 1.02))  # fmt: skip
+    counts = callgrind.measure() if with_callgrind else {}
+    starts = callgrind.measure_startup() if with_callgrind else {}
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": sys.version.split()[0],
+        "machine": platform.platform(),
+        "targets": rows,
+        "callgrind_instructions_per_iteration": counts,
+        "callgrind_instructions_per_start": starts,
+    }
+
+
+def print_table(result: dict[str, object]) -> None:
+    print(f"\nissue 13 targets (python {result['python']}, {result['when']}):")
+    rows = result["targets"]
+    assert isinstance(rows, list)
+    for row in rows:
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.3f}"
+        verdict = "met" if row["met"] else "NOT met"
+        print(f"  {row['target']:<68} {ratio:>6} {row['limit']:>10}  {verdict}\n      {row['figure']}")
+    counts = result["callgrind_instructions_per_iteration"]
+    assert isinstance(counts, dict)
+    if counts:
+        bare = counts["bare"]
+        print("callgrind, instructions per connection beyond socket() + close():")
+        for name, label in callgrind.VARIANTS.items():
+            if name != "bare":
+                print(f"  {label:30s} {counts[name] - bare:8.0f}")
+    starts = result["callgrind_instructions_per_start"]
+    assert isinstance(starts, dict)
+    for name, found in starts.items():
+        added = found["enabled"] - found["disabled"]
+        print(f"callgrind, interpreter start ({name}): {found['disabled'] / 1e6:.1f}M -> "
+              f"{found['enabled'] / 1e6:.1f}M instructions (+{added / 1e6:.1f}M enabled)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--startup-runs", type=int, default=40)
+    parser.add_argument("--no-callgrind", action="store_true")
+    parser.add_argument("--json", default=str(HERE / "results.json"))
+    args = parser.parse_args()
+    result = run(args.startup_runs, not args.no_callgrind)
+    print_table(result)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"written: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

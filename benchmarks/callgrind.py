@@ -1,0 +1,130 @@
+"""Instructions per connection under valgrind's callgrind: stable where wall time is not.
+
+    .venv/bin/python -m benchmarks.callgrind
+
+Each variant runs in a child under ``valgrind --tool=callgrind`` twice, with two loop
+counts; the difference of the two totals over the difference of the counts is the cost
+of one iteration, with interpreter start and set-up cancelled out. Variants: the five
+``setsockopt`` calls written by hand, and kapatch's connect hook (the listener the
+``socket.socket.connect`` hook calls) on a fresh, unconnected socket per iteration, in
+respect mode (it reads the socket first) and override mode. Socket creation and close
+are in every variant alike, and cancel out in the "over hand-written" figure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+LOW, HIGH = 200, 1200
+
+_CHILD = """
+import socket, sys
+variant, count = sys.argv[1], int(sys.argv[2])
+address = ("127.0.0.1", 9)
+if variant == "hand":
+    def run(sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 110_000)
+elif variant == "bare":
+    def run(sock):
+        pass
+else:
+    import kapatch
+    from kapatch import runtime
+    kapatch.install(profile="balanced", mode=variant)
+    hook = runtime.context().on_connect
+    def run(sock):
+        hook(sock, address)
+for _ in range(3):  # warm: the first connection decides and caches
+    s = socket.socket(); run(s); s.close()
+for _ in range(count):
+    s = socket.socket(); run(s); s.close()
+"""
+
+VARIANTS = {"bare": "socket() + close() only", "hand": "5 setsockopt by hand",
+            "respect": "kapatch hook, respect mode", "override": "kapatch hook, override mode"}  # fmt: skip
+
+
+def _instructions(variant: str, count: int, work: str) -> int:
+    out = os.path.join(work, f"cg.{variant}.{count}")
+    subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", _CHILD,
+         variant, str(count)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    with open(out, encoding="utf-8") as f:
+        match = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+    assert match is not None, "no totals in callgrind output"
+    return int(match.group(1))
+
+
+def measure() -> dict[str, float]:
+    """Instructions per iteration of each variant (socket() + close() included)."""
+    if shutil.which("valgrind") is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="kapatch-callgrind-") as work:
+        return {
+            name: (_instructions(name, HIGH, work) - _instructions(name, LOW, work)) / (HIGH - LOW)
+            for name in VARIANTS
+        }
+
+
+STARTUP_PROGRAMS = {"pass": "pass", "service imports": "import asyncio, logging, json, typing, dataclasses"}
+
+
+def _start_instructions(program: str, enabled: bool, work: str) -> int:
+    out = os.path.join(work, f"cg.start.{enabled}.{len(program)}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once, as an installed wheel is
+    if enabled:
+        env["KAPATCH_ENABLED"] = "1"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+               "-X", f"pycache_prefix={work}/pyc", "-c", program]  # fmt: skip
+    for _ in range(2):  # the first run writes the .pyc files; the second is the one counted
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    with open(out, encoding="utf-8") as f:
+        match = re.search(r"^(?:summary|totals): (\d+)", f.read(), re.MULTILINE)
+    assert match is not None, "no totals in callgrind output"
+    return int(match.group(1))
+
+
+def measure_startup() -> dict[str, dict[str, int]]:
+    """Instructions of one interpreter start (this venv, kapatch installed), disabled and enabled."""
+    if shutil.which("valgrind") is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="kapatch-callgrind-") as work:
+        return {
+            name: {
+                state: _start_instructions(program, state == "enabled", work)
+                for state in ("disabled", "enabled")
+            }
+            for name, program in STARTUP_PROGRAMS.items()
+        }
+
+
+def main() -> None:
+    found = measure()
+    if not found:
+        print("valgrind is not installed")
+        return
+    bare = found["bare"]
+    print(f"instructions per iteration (callgrind, {HIGH} - {LOW} iterations):")
+    for name, label in VARIANTS.items():
+        print(f"  {label:30s} {found[name]:9.0f}   {found[name] - bare:8.0f} over socket() + close()")
+    print("instructions per interpreter start (callgrind), kapatch disabled -> enabled:")
+    for name, counts in measure_startup().items():
+        added = counts["enabled"] - counts["disabled"]
+        before, after = counts["disabled"] / 1e6, counts["enabled"] / 1e6
+        print(f"  {name:30s} {before:7.1f}M -> {after:7.1f}M  (+{added / 1e6:.1f}M)")
+
+
+if __name__ == "__main__":
+    main()
