@@ -237,9 +237,12 @@ async def _frozen_async(server: RedisServer, freeze: Callable[[], None]) -> tupl
     except Exception as error:
         result = ("raised", error)
     elapsed = time.monotonic() - started
-    if result[0] == "raised":
-        os.kill(server.pid, signal.SIGCONT)
-        assert await asyncio.wait_for(r.get("k"), CAP) == b"v"  # a fresh working connection
+    try:
+        if result[0] == "raised":
+            os.kill(server.pid, signal.SIGCONT)
+            assert await asyncio.wait_for(r.get("k"), CAP) == b"v"  # a fresh working connection
+    finally:
+        await asyncio.wait_for(r.aclose() if hasattr(r, "aclose") else r.close(), CAP)
     return result[0], elapsed, result[1]
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import sys
 import time
 
@@ -216,6 +217,19 @@ def _parameter_names(cls: Any) -> list[str]:
     return list(inspect.signature(cls.__init__).parameters)[1:]
 
 
+def _hold_health_check(connection: Any) -> None:
+    """No health check inside the handshake: its reads are bounded already (and redis-py 5's
+    handshake would PING through a reconnect inside the PING's own retry, again and again)."""
+    connection.next_health_check = math.inf
+
+
+def _release_health_check(connection: Any) -> None:
+    """Any reply moved ``next_health_check``; a handshake that read nothing (no auth, no
+    lib-name) proved nothing: health check before the first command."""
+    if connection.next_health_check == math.inf:
+        connection.next_health_check = 0
+
+
 class _SyncHooks(_Hooks):
     def send_ping(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -237,8 +251,11 @@ class _SyncHooks(_Hooks):
         finally:
             _PINGING.reset(token)
             now = instance._sock
-            if now is not None:  # what redis-py itself gives a socket: the connection's socket_timeout
-                now.settimeout(original if now is sock else instance.socket_timeout)
+            # Put back what redis-py gave the socket (a fresh one: the connection's socket_timeout),
+            # unless this PING ran inside another (redis-py 5's handshake checks health itself).
+            if now is not None and _PINGING.get() is not instance:
+                with contextlib.suppress(OSError):
+                    now.settimeout(original if now is sock else instance.socket_timeout)
 
     def on_connect(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -249,12 +266,14 @@ class _SyncHooks(_Hooks):
             return wrapped(*args, **kwargs)
         original = sock.gettimeout()
         sock.settimeout(_bounded(original, heartbeat.timeout))
-        instance.next_health_check = 0  # any handshake reply moves it; none: PING before the first command
+        _hold_health_check(instance)
         try:
             return wrapped(*args, **kwargs)
         finally:
+            _release_health_check(instance)
             if instance._sock is sock and _PINGING.get() is not instance:
-                sock.settimeout(original)
+                with contextlib.suppress(OSError):
+                    sock.settimeout(original)
 
     def connect(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -295,8 +314,14 @@ class _AsyncHooks(_Hooks):
         heartbeat = _ours(instance)
         if heartbeat is None:
             return wrapped(*args, **kwargs)
-        instance.next_health_check = 0  # see the sync hook
-        return self._bounded_call(heartbeat, instance, wrapped(*args, **kwargs), ping=False)
+        _hold_health_check(instance)
+        return self._handshake(heartbeat, instance, wrapped(*args, **kwargs))
+
+    async def _handshake(self, heartbeat: _Heartbeat, instance: Any, call: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await self._bounded_call(heartbeat, instance, call, ping=False)
+        finally:
+            _release_health_check(instance)
 
     def connect(
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
