@@ -293,26 +293,31 @@ def test_respected_interval_is_redis_pys_own_unbounded_ping(install, frozen_serv
 def test_max_idle_evicts_at_hand_out(install, redis_server, pool_class):
     install(max_idle="300ms")
     r = redis.Redis(connection_pool=pool_class(host=redis_server.host, port=redis_server.port))
-    r.ping()
-    (first,) = _idle_sockets(r)
-    r.ping()  # reused at once: the same socket
-    assert _idle_sockets(r) == [first]
-    time.sleep(0.45)
-    r.ping()
-    (second,) = _idle_sockets(r)
-    assert second is not first
-    assert pool()["evicted"] == 1
-    r.close()
+    try:
+        r.ping()
+        (first,) = _idle_sockets(r)
+        r.ping()  # reused at once: the same socket
+        assert _idle_sockets(r) == [first]
+        time.sleep(0.45)
+        r.ping()
+        (second,) = _idle_sockets(r)
+        assert second is not first
+        assert pool()["evicted"] == 1
+    finally:
+        r.connection_pool.disconnect()  # the application's own pool: close() leaves it open
 
 
 def test_without_max_idle_the_socket_is_kept(install, redis_server):
     install()
     r = redis.Redis(host=redis_server.host, port=redis_server.port)
-    r.ping()
-    (first,) = _idle_sockets(r)
-    time.sleep(0.4)
-    r.ping()
-    assert _idle_sockets(r) == [first]
+    try:
+        r.ping()
+        (first,) = _idle_sockets(r)
+        time.sleep(0.4)
+        r.ping()
+        assert _idle_sockets(r) == [first]
+    finally:
+        r.close()  # no socket left over for later tests (the audit's) to find
     assert (
         vars(redis.connection.AbstractConnection)["connect"]
         is ORIGINALS[(redis.connection.AbstractConnection, "connect")]
