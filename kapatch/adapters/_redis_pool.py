@@ -238,12 +238,16 @@ class _SyncHooks(_Hooks):
         if heartbeat is None:
             return wrapped(*args, **kwargs)
         self.count("heartbeats_sent")
-        sock = instance._sock
-        original = sock.gettimeout() if sock is not None else None
-        token = _PINGING.set(instance)  # a reconnect inside keeps the deadline until PONG
         try:
+            sock = instance._sock
+            original = sock.gettimeout() if sock is not None else None
             if sock is not None:
                 sock.settimeout(_bounded(original, heartbeat.timeout))
+        except Exception as error:  # an unexpected connection class: redis-py's own PING, unbounded
+            self.failed("bounding the health check's PING", error)
+            return wrapped(*args, **kwargs)
+        token = _PINGING.set(instance)  # a reconnect inside keeps the deadline until PONG
+        try:
             return wrapped(*args, **kwargs)
         except Exception:
             self.count("heartbeats_failed")
@@ -261,11 +265,15 @@ class _SyncHooks(_Hooks):
         self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         heartbeat = _ours(instance)
-        sock = instance._sock if heartbeat is not None else None
+        sock = getattr(instance, "_sock", None) if heartbeat is not None else None
         if heartbeat is None or sock is None:
             return wrapped(*args, **kwargs)
-        original = sock.gettimeout()
-        sock.settimeout(_bounded(original, heartbeat.timeout))
+        try:
+            original = sock.gettimeout()
+            sock.settimeout(_bounded(original, heartbeat.timeout))
+        except Exception as error:  # an unexpected socket object: redis-py's own handshake
+            self.failed("bounding the handshake", error)
+            return wrapped(*args, **kwargs)
         _hold_health_check(instance)
         try:
             return wrapped(*args, **kwargs)
