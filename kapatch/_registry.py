@@ -36,7 +36,16 @@ LAZY_ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "kapatch.adapters.urllib3:Urllib3Adapter",
         ("urllib3.connection", "urllib3.contrib.socks", "urllib3.connectionpool"),
     ),
-    "redis": ("kapatch.adapters.redis:RedisAdapter", ("redis.connection", "redis.asyncio.connection")),
+    "redis": (
+        "kapatch.adapters.redis:RedisAdapter",
+        (
+            "redis.connection",
+            "redis.asyncio.connection",
+            "redis.client",
+            "redis.asyncio.client",
+            "redis.asyncio.cluster",
+        ),
+    ),
     "psycopg": ("kapatch.adapters.psycopg:PsycopgAdapter", ("psycopg",)),
     "httpx": (
         "kapatch.adapters.httpx:HttpxAdapter",

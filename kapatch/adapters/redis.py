@@ -150,16 +150,26 @@ class RedisAdapter(Adapter):
     name: ClassVar[str] = "redis"
     pooled = True
     distribution = "redis"
-    modules = (_SYNC, _ASYNC)
+    # The client modules: where the application's health_check_interval enters (_redis_pool).
+    modules = (_SYNC, _ASYNC, "redis.client", "redis.asyncio.client", "redis.asyncio.cluster")
     minimum_version = (5,)
     below_version = (9,)
     socket_hooks = frozenset({"connect"})
+    heartbeat_mechanism = (
+        "redis-py health_check_interval, its PING (and a reconnect's handshake) bounded by heartbeat_timeout"
+    )
+    max_idle_mechanism = "disconnected when the pool hands out a connection idle longer (redis-py reconnects)"
 
     def __init__(self) -> None:
         super().__init__()
         self._defaults: dict[str, _Defaults] = {}
 
     def patch(self, module_name: str) -> None:
+        from . import _redis_pool  # heartbeat and max_idle: imported with redis, not at start
+
+        _redis_pool.patch_pool(self, module_name)
+        if module_name not in (_SYNC, _ASYNC):
+            return
         module = sys.modules[module_name]
         self._defaults[module_name] = _library_defaults(module)
         if module_name == _SYNC:
