@@ -45,7 +45,12 @@ class _ChainedLoader:
         spec = getattr(module, "__spec__", None)
         if spec is not None and spec.loader is self:
             spec.loader = self._loader
-        self._loader.exec_module(module)
+        name = getattr(module, "__name__", None)
+        self._hooks._executing.add(name)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            self._hooks._executing.discard(name)
         self._hooks.notify(module)
 
 
@@ -56,11 +61,15 @@ class ImportHooks:
         self._callbacks: dict[str, list[Callable[[ModuleType], None]]] = {}
         self._lock = _thread.RLock()  # _thread, not threading: ~2 ms less at interpreter start
         self._resolving: set[tuple[int, str]] = set()  # (thread id, module) being looked up
+        # Modules our loader is executing: in sys.modules, but only partly initialised.
+        self._executing: set[str | None] = set()
 
     def when_imported(self, name: str, callback: Callable[[ModuleType], None]) -> None:
         with self._lock:
             module = sys.modules.get(name)
-            if module is None:
+            # A module whose import is under way (an import it makes just fired another hook)
+            # is in sys.modules half made: its callbacks wait for the end of its import.
+            if module is None or name in self._executing:
                 self._callbacks.setdefault(name, []).append(callback)
                 if self not in sys.meta_path:
                     sys.meta_path.insert(0, self)
@@ -71,6 +80,7 @@ class ImportHooks:
         """A lock another thread held at fork time would never be released in the child."""
         self._lock = _thread.RLock()
         self._resolving = set()
+        self._executing = set()
 
     def clear(self) -> None:
         """Forget every callback and leave ``sys.meta_path`` as it was."""

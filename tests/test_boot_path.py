@@ -51,6 +51,24 @@ def test_callback_runs_once_after_the_module_body(module_dir):
     assert kapatch_probe_a.__spec__.loader is kapatch_probe_a.__loader__
 
 
+def test_a_callback_for_a_module_half_imported_waits_for_the_end_of_its_import(module_dir):
+    """redis.asyncio.client imports redis.asyncio.connection, whose hook loads the adapter,
+    which asks for redis.asyncio.client: in sys.modules, but without its classes yet."""
+    (module_dir / "kapatch_probe_inner.py").write_text("VALUE = 1\n")
+    (module_dir / "kapatch_probe_outer.py").write_text("import kapatch_probe_inner\nClient = 'made'\n")
+    hooks, seen = ImportHooks(), []
+
+    def inner_done(module: object) -> None:  # registers for the module importing it
+        hooks.when_imported("kapatch_probe_outer", lambda outer: seen.append(outer.Client))
+
+    hooks.when_imported("kapatch_probe_inner", inner_done)
+    hooks.when_imported("kapatch_probe_outer", lambda outer: seen.append("first"))
+    import kapatch_probe_outer  # type: ignore[import-not-found]  # noqa: F401
+
+    assert seen == ["first", "made"]  # after the whole body, not on a half-made module
+    assert hooks not in sys.meta_path
+
+
 def test_callback_runs_at_once_for_an_imported_module():
     hooks, seen = ImportHooks(), []
     hooks.when_imported("json", lambda module: seen.append(module.__name__))
