@@ -18,7 +18,7 @@ TITLES = {
 }
 INTRO = {
     "keepalive": "Measured from the cut (and, in brackets, from the last packet the client "
-    "received, read from `ss` just before the cut). Bound = idle + interval x count.",
+    "received, read from `ss` right after the cut). Bound = idle + interval x count.",
     "user-timeout": "Measured from the moment the client sent its request into the cut. "
     "Bound = the policy's user timeout (`KAPATCH_USER_TIMEOUT`), +2 s allowed for the "
     "retransmission timer.",

@@ -227,12 +227,15 @@ def run_batch(
             )
         time.sleep(SETTLE)
 
-        # 2. the silent cut, with the last-packet ages of every connection just before it.
+        # 2. the silent cut, then the last-packet ages of every connection. Read after the
+        # cut, not before: nothing arrives once it is in place, so the ages are those of the
+        # last packet before it (a keepalive probe answered between a snapshot and the cut
+        # would otherwise go unseen, and the time from the last packet come out ~2 s long).
+        batch.t_cut = host.cut()
         t_snap, by_pid = ss_snapshot()
         for r in runs:
             if r.proc is not None:
                 r.conns = [{**c, "t_snapshot": t_snap} for c in by_pid.get(r.proc.pid, [])]
-        batch.t_cut = host.cut()
         log(f"[{situation}] cut at t={batch.t_cut:.3f}")
         if situation == "user-timeout":
             for r in live:

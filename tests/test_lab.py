@@ -181,7 +181,7 @@ def test_respect_keeps_the_applications_bound(lab: dict[str, Any], client: str, 
     r = _row(lab, "respect", client, kapatch=kapatch)
     assert r["status"] == "detected", _explain(r)
     # The application's own bound, not the policy's: keepalive timers run from the last
-    # packet received (read with `ss` just before the cut), so that is the time to compare.
+    # packet received (read with `ss` right after the cut), so that is the time to compare.
     if r["from_last_packet_s"] is not None:
         assert USER_BOUND - 1.0 <= r["from_last_packet_s"] <= USER_BOUND + 1.0, _explain(r)
     else:
