@@ -473,7 +473,8 @@ def run_hung_batch(
                 r.proc.stdin.write("go\n")
                 r.proc.stdin.flush()
 
-        deadline = batch.t_cut + IDLE_BEFORE_CALL + cap
+        # The cap runs from the calls: "go" + the idle (+0.5 s for the clients to wake).
+        deadline = time.monotonic() + IDLE_BEFORE_CALL + 0.5 + cap
         _wait_until(lambda: all(r.terminal is not None or r.exited for r in live), deadline)
         batch.t_end = time.monotonic()
         # What the kernel did meanwhile: keepalive timers and the last ACK the client got.
