@@ -634,7 +634,7 @@ def hung_verdict(res: dict[str, Any]) -> dict[str, Any]:
     bound = hung_bound(client, layer)
     if layer == "heartbeat" and bound is not None and not res["env"].get("KAPATCH_HEARTBEAT"):
         return {
-            "expect": "awaiting the heartbeat (no KAPATCH_HEARTBEAT in this kapatch): still blocked at the cap",
+            "expect": "awaiting the heartbeat (no KAPATCH_HEARTBEAT in this kapatch): blocked at the cap",
             "ok": st == "hanging",
             "awaiting": True,
         }
