@@ -261,6 +261,9 @@ class LabServers:
         """Stop every server this object started, by pid; remove the temporary directory."""
         for name, proc in self.procs.items():
             if proc.poll() is None:
+                # A server left frozen (hung-peer, SIGSTOP) would never act on SIGTERM.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
                 # PostgreSQL: SIGINT is "fast" shutdown (SIGTERM would wait for clients).
                 sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
                 with contextlib.suppress(ProcessLookupError):

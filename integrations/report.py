@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from integrations.client import USER_BOUND, USER_COUNT, USER_IDLE, USER_INTERVAL
+from integrations.client import LAYERS, USER_BOUND, USER_COUNT, USER_IDLE, USER_INTERVAL
 from integrations.runner import bound_with_kapatch, tolerance
 
 TITLES = {
@@ -15,10 +16,16 @@ TITLES = {
     "that is never acknowledged",
     "respect": "3. Respect: the application set its own keepalive "
     f"({USER_IDLE}/{USER_INTERVAL}/{USER_COUNT} -> {USER_BOUND} s) through the client's own API",
+    "hung-peer": "4. Hung peer: the network is fine, the server process is frozen (SIGSTOP)",
+}
+LAYER_TITLES = {
+    "keepalive": "keepalive (the policy alone)",
+    "heartbeat": "heartbeat",
+    "app-timeout": "the application's read timeout",
 }
 INTRO = {
     "keepalive": "Measured from the cut (and, in brackets, from the last packet the client "
-    "received, read from `ss` just before the cut). Bound = idle + interval x count.",
+    "received, read from `ss` right after the cut). Bound = idle + interval x count.",
     "user-timeout": "Measured from the moment the client sent its request into the cut. "
     "Bound = the policy's user timeout (`KAPATCH_USER_TIMEOUT`), +2 s allowed for the "
     "retransmission timer.",
@@ -58,6 +65,119 @@ def _error(row: dict[str, Any]) -> str:
     return f"`{err['type'].rsplit('.', 1)[-1]}`{eno}: {msg}"
 
 
+def _short_error(row: dict[str, Any]) -> str:
+    err = row.get("error") or {}
+    if not err:
+        return ""
+    name = err["type"].rsplit(".", 1)[-1]
+    code = re.search(r"StatusCode\.(\w+)", err.get("message") or "")
+    return f"`{name}` {code.group(1)}" if code else f"`{name}`"
+
+
+def hung_cell(row: dict[str, Any] | None, marks: bool = True) -> str:
+    """One hung-peer row as a table cell: the time from the call, or how long it blocked."""
+    if row is None:
+        return "-"
+    st, v = row["status"], row.get("verdict", {})
+    if st == "detected":
+        txt = f"{row['detect_s']:.2f} s {_short_error(row)}"
+    elif st == "returned":
+        txt = f"{row['detect_s']:.2f} s, a fresh connection answered"
+    elif st == "hanging":
+        txt = f"blocks (still at the {row['cap_s']:g} s cap)"
+    elif st == "setup-failed":
+        txt = "setup failed"
+    else:
+        txt = "process exited without an event"
+    if v.get("awaiting"):
+        txt = "awaiting the heartbeat: " + txt
+    if marks:
+        txt += " ✓" if v.get("ok") else " ✗"
+    return txt
+
+
+def hung_peer_table(results: dict[str, Any], marks: bool = True) -> list[str]:
+    """client x layer: the hung-peer summary (RESULTS.md, and the README's copy of it)."""
+    by_client: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results["rows"]:
+        if r["situation"] == "hung-peer":
+            by_client.setdefault(r["client"], {})[r["layer"]] = r
+    out = [
+        "| client | " + " | ".join(LAYER_TITLES[layer] for layer in LAYERS) + " |",
+        "|---|" + "---|" * len(LAYERS),
+    ]
+    for client, layers in by_client.items():
+        cells = []
+        for layer in LAYERS:
+            row = layers.get(layer)
+            cell = hung_cell(row, marks)
+            if row is not None and layer != "keepalive":
+                mech = row["mechanism"]
+                if layer == "heartbeat" and mech != "no heartbeat mechanism":
+                    mech = mech.split(" (", 1)[0]
+                cell += f" <br>_{mech}_"
+            cells.append(cell)
+        out.append(f"| {client} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _hung_peer_section(results: dict[str, Any]) -> list[str]:
+    rows = [r for r in results["rows"] if r["situation"] == "hung-peer"]
+    if not rows:
+        return []
+    hp = results.get("hung_peer", {})
+    batch: dict[str, Any] = next((b for b in results["batches"] if b["situation"] == "hung-peer"), {})
+    hb_env = " ".join(f"{k}={v}" for k, v in (hp.get("heartbeat_env") or {}).items())
+    hb_note = (
+        f"`{hb_env}` added"
+        if hb_env
+        else "no heartbeat variable: this kapatch does not know `KAPATCH_HEARTBEAT` yet, so "
+        "those rows are marked *awaiting*"
+    )
+    out = [
+        f"## {TITLES['hung-peer']}",
+        "",
+        "TCP keepalive is answered by the peer's kernel, so a peer whose process hangs keeps "
+        "answering probes. Each client connects and proves its connection; then the server "
+        "process at the other end is frozen with SIGSTOP (by pid; SIGCONT after the batch, "
+        "in `finally`): HTTP, redis-server, gRPC and MariaDB whole; for PostgreSQL the "
+        "backend serving the client's connection (the process at its other end; the "
+        "postmaster still accepts, so a replaced connection gets a live backend). The "
+        f"client stays idle {hp.get('idle_before_call_s', 3):g} s more (past the heartbeat "
+        "interval), then makes an ordinary call (`GET /ok`, `GET key`, `SELECT 1`, "
+        "`/lab.Lab/Ok`); times are from that call. Every row runs with kapatch's keepalive "
+        f"policy; the heartbeat rows with {hb_note}; the read-timeout rows set "
+        f"{hp.get('app_timeout_s', 3):g} s through their library's own API (in italics). "
+        f"Tolerance {hp.get('tolerance_s', 1.5):g} s.",
+        "",
+        f"Frozen: {'; '.join(batch.get('frozen', [])) or '-'}. Check: {batch.get('silence_probe', '-')}.",
+        "",
+        *hung_peer_table(results),
+        "",
+        "| client | layer | what catches it | outcome | error the application saw "
+        "| the client's socket at the cap (`ss`) | expected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r["client"],
+                    r["layer"],
+                    r["mechanism"] + ("" if r["kapatch_loaded"] else "; kapatch not loaded"),
+                    hung_cell(r),
+                    _error(r),
+                    r["kernel_at_cap"] if r["status"] == "hanging" else "-",
+                    r["verdict"]["expect"],
+                ]
+            )
+            + " |"
+        )
+    out.append("")
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     rows = results["rows"]
     env = " ".join(f"{k}={v}" for k, v in results["policy_env"].items())
@@ -76,12 +196,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['cap_s']:g} s after the cut, then killed.",
         f"- The cut: every packet on the lab host's veth dropped inside its namespace "
         f"({results['firewall']}), both ways; link up, no ICMP. Check right after each cut: "
-        + "; ".join(sorted({b["silence_probe"] for b in results["batches"]})),
+        + "; ".join(
+            sorted({b["silence_probe"] for b in results["batches"] if b["situation"] != "hung-peer"})
+        ),
         f"- Rows meeting the expectation: {ok}/{len(rows)}. Wall time of the whole lab: "
         f"{results['wall_s']:g} s.",
         "",
     ]
-    for situation in ("keepalive", "user-timeout", "respect"):
+    for situation in ("keepalive", "user-timeout", "respect"):  # hung-peer: its own section
         srows = [r for r in rows if r["situation"] == situation]
         if not srows:
             continue
@@ -119,11 +241,15 @@ def markdown(results: dict[str, Any]) -> str:
                 + " |"
             )
         out.append("")
+    out += _hung_peer_section(results)
     out += [
         "✓ = meets the expectation (with kapatch: detected within bound + tolerance; "
         "without kapatch: still hanging at the cap; respect: the application's bound), "
         "✗ = does not. 'kapatch not loaded' = the client process had not imported kapatch "
-        "at start-up, i.e. environment activation was not in effect.",
+        "at start-up, i.e. environment activation was not in effect. Hung peer: *awaiting* = the "
+        "library shows no heartbeat configured yet (no `KAPATCH_HEARTBEAT` in this kapatch, or "
+        "its adapter does not set one): expected to block until then, and must catch the "
+        "freeze once it does.",
         "",
     ]
     return "\n".join(out)

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,9 +25,32 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from integrations.client import CLIENTS, INBOUND_CLIENTS, MARIADB_CLIENTS, SITUATIONS, USER_BOUND
-from integrations.labservers import HTTP_PORT, REPO_ROOT, LabServers, clean_env
-from integrations.netlab import LAB_ADDR, TestHost, firewall_backend, leftovers, preflight
+from integrations.client import (
+    APP_TIMEOUT,
+    APP_TIMEOUTS,
+    CLIENTS,
+    HEARTBEAT_MECHANISMS,
+    HEARTBEAT_S,
+    HEARTBEAT_TIMEOUT_S,
+    HUNG_PEER_CLIENTS,
+    IDLE_BEFORE_CALL,
+    INBOUND_CLIENTS,
+    LAYERS,
+    MARIADB_CLIENTS,
+    SITUATIONS,
+    USER_BOUND,
+)
+from integrations.labservers import HTTP_PORT, PG_PORT, REDIS_PORT, REPO_ROOT, LabServers, clean_env
+from integrations.netlab import (
+    LAB_ADDR,
+    NS_NAME,
+    LabError,
+    TestHost,
+    firewall_backend,
+    leftovers,
+    preflight,
+    run,
+)
 
 # The kapatch policy the lab asks for, through the environment only.
 POLICY_IDLE, POLICY_INTERVAL, POLICY_COUNT = 2, 1, 2
@@ -45,11 +69,41 @@ READY_TIMEOUT = 45.0  # s for all clients of a batch to connect and warm up
 SETTLE = 1.0  # s between the blocking requests and the cut: they are sent and ACKed
 TCP_RETRIES2_S = 924.6  # what tcp_retries2=15 gives with an unacknowledged send
 
+# hung-peer: the heartbeat the runner asks for in the heartbeat layer (only when this
+# kapatch knows the fields: an unknown KAPATCH_* variable is a start-up error).
+HEARTBEAT_ENV = {
+    "KAPATCH_HEARTBEAT": f"{HEARTBEAT_S:g}",
+    "KAPATCH_HEARTBEAT_TIMEOUT": f"{HEARTBEAT_TIMEOUT_S:g}",
+}
+HUNG_TOLERANCE = 1.5  # s over a hung-peer bound: 39 processes share 2 cores at the call
+# Beyond the read timeout, what the library itself adds before the application sees the
+# error: psycopg async cancels the query, then waits up to 5 s for the server to end it.
+APP_TIMEOUT_EXTRA = {"psycopg-async": 5.0}
+# statement_timeout is a timer in the backend: a frozen backend never fires it.
+APP_TIMEOUT_SERVER_SIDE = frozenset({"psycopg-sync", "psycopg-pool"})
+# gRPC PINGs come from the keepalive policy (KAPATCH_GRPC_IDLE=2, timeout 1 x 2 s).
+PING_CLIENTS = frozenset({"grpc", "grpc-aio"})
 
-def kapatch_env(situation: str, client: str = "") -> dict[str, str]:
+
+def heartbeat_supported() -> bool:
+    """Whether this kapatch knows KAPATCH_HEARTBEAT and KAPATCH_HEARTBEAT_TIMEOUT (public
+    load_config, in a clean process: the runner itself never imports kapatch)."""
+    code = "import kapatch, os; kapatch.load_config(environ=dict(os.environ))"
+    env = {**clean_env(), **HEARTBEAT_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, timeout=60, check=False
+    )
+    return proc.returncode == 0
+
+
+def kapatch_env(
+    situation: str, client: str = "", layer: str | None = None, heartbeat: bool = False
+) -> dict[str, str]:
     env = dict(KAPATCH_ENV)
     if situation == "user-timeout":
         env["KAPATCH_USER_TIMEOUT"] = str(POLICY_USER_TIMEOUT)
+    if layer == "heartbeat" and heartbeat:
+        env.update(HEARTBEAT_ENV)
     if client.startswith("grpc"):
         # A gRPC-specific idle: the lab's server permits the PINGs, so the adapter uses it as
         # given (otherwise it keeps PINGs at the 5 min default servers accept).
@@ -77,11 +131,13 @@ class ClientRun:
     client: str
     situation: str
     kapatch: bool
+    layer: str | None = None  # hung-peer only: keepalive, heartbeat or app-timeout
+    heartbeat_env: bool = False  # hung-peer heartbeat layer: KAPATCH_HEARTBEAT* given
     proc: subprocess.Popen[str] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     noise: list[str] = field(default_factory=list)
     stderr_path: str = ""
-    conns: list[dict[str, Any]] = field(default_factory=list)  # ss at the cut
+    conns: list[dict[str, Any]] = field(default_factory=list)  # ss at the cut (hung-peer: at the cap)
     killed_at_cap: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,16 +169,16 @@ def _reader(run: ClientRun, stream: IO[str]) -> None:
 def spawn(run: ClientRun, logdir: str) -> None:
     env = clean_env()  # no KAPATCH_* at all without kapatch
     if run.kapatch:
-        env.update(kapatch_env(run.situation, run.client))
+        env.update(kapatch_env(run.situation, run.client, run.layer, run.heartbeat_env))
         if run.client in INBOUND_CLIENTS:  # opt-in: the server side of a vanished client
             env["KAPATCH_INBOUND"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    run.stderr_path = os.path.join(
-        logdir, f"{run.situation}-{run.client}-{'kapatch' if run.kapatch else 'plain'}.err"
-    )
+    variant = run.layer or ("kapatch" if run.kapatch else "plain")
+    run.stderr_path = os.path.join(logdir, f"{run.situation}-{run.client}-{variant}.err")
+    argv = [run.client, run.situation, *([run.layer] if run.layer else [])]
     with open(run.stderr_path, "w") as err:
         run.proc = subprocess.Popen(
-            [sys.executable, "-m", "integrations.client", run.client, run.situation],
+            [sys.executable, "-m", "integrations.client", *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -197,10 +253,11 @@ def _wait_until(pred: Any, deadline: float, step: float = 0.05) -> bool:
 class Batch:
     situation: str
     runs: list[ClientRun]
-    t_cut: float | None = None
+    t_cut: float | None = None  # hung-peer: the freeze
     t_end: float | None = None
-    silence: str = ""
+    silence: str = ""  # hung-peer: the check that the servers are frozen, the network not
     wall_s: float = 0.0
+    frozen: list[str] = field(default_factory=list)  # hung-peer: what was stopped, by pid
 
 
 def run_batch(
@@ -227,12 +284,15 @@ def run_batch(
             )
         time.sleep(SETTLE)
 
-        # 2. the silent cut, with the last-packet ages of every connection just before it.
+        # 2. the silent cut, then the last-packet ages of every connection. Read after the
+        # cut, not before: nothing arrives once it is in place, so the ages are those of the
+        # last packet before it (a keepalive probe answered between a snapshot and the cut
+        # would otherwise go unseen, and the time from the last packet come out ~2 s long).
+        batch.t_cut = host.cut()
         t_snap, by_pid = ss_snapshot()
         for r in runs:
             if r.proc is not None:
                 r.conns = [{**c, "t_snapshot": t_snap} for c in by_pid.get(r.proc.pid, [])]
-        batch.t_cut = host.cut()
         log(f"[{situation}] cut at t={batch.t_cut:.3f}")
         if situation == "user-timeout":
             for r in live:
@@ -254,6 +314,182 @@ def run_batch(
         for r in runs:
             kill(r)
         host.heal()
+    time.sleep(0.2)  # let the reader threads drain
+    batch.wall_s = time.monotonic() - t0
+    return batch
+
+
+# ---------------------------------------------------------------- hung peer
+
+
+def _proc_state(pid: int) -> tuple[str, int, str]:
+    """(state letter, parent pid, command name) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        stat = fh.read()
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+    return state, int(ppid), comm
+
+
+class Freezer:
+    """SIGSTOPs processes by pid and remembers them, so `thaw` can SIGCONT every one."""
+
+    def __init__(self) -> None:
+        self.pids: dict[int, str] = {}
+
+    def freeze(self, pid: int, what: str) -> None:
+        self.pids[pid] = what  # first, so that a failure half-way still gets thawed
+        os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in list(self.pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            del self.pids[pid]
+
+    def states(self) -> dict[int, str]:
+        out = {}
+        for pid in self.pids:
+            try:
+                out[pid] = _proc_state(pid)[0]
+            except OSError:
+                out[pid] = "gone"
+        return out
+
+
+def pg_backends() -> dict[int, int]:
+    """Client port -> pid of the PostgreSQL backend serving it, read inside the namespace."""
+    out = run(["ip", "netns", "exec", NS_NAME, "ss", "-tnpH", "state", "established",
+               "sport", "=", f":{PG_PORT}"], check=False)  # fmt: skip
+    found = {}
+    for line in out.splitlines():
+        peer = re.search(r"\s[\d.]+:(\d+)\s+users:", line)
+        pid = _SS_PID.search(line)
+        if peer and pid:
+            found[int(peer.group(1))] = int(pid.group(1))
+    return found
+
+
+def _freeze_servers(freezer: Freezer, servers: LabServers, runs: list[ClientRun], log: Any) -> list[str]:
+    """Freeze what each client talks to. A single-process server (HTTP, redis-server, gRPC,
+    MariaDB) is frozen whole. PostgreSQL serves each connection by its own backend process:
+    the process at the other end of a client's connection is that backend, so the backends
+    of the clients' connections are frozen and the postmaster is not (a backend stuck is the
+    hung peer; a new connection still gets a fresh backend, as it would in production)."""
+    done: list[str] = []
+    wanted = {HUNG_PEER_CLIENTS[r.client] for r in runs}
+    for name in sorted(wanted - {"postgres"}):
+        proc = servers.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"hung-peer: the {name} server is not running")
+        _, _, comm = _proc_state(proc.pid)
+        if comm in ("ip", "setpriv"):  # the launcher did not exec the server: not its pid
+            raise LabError(f"hung-peer: pid {proc.pid} is {comm}, not the {name} server")
+        freezer.freeze(proc.pid, f"{name} ({comm})")
+        done.append(f"{name}: pid {proc.pid} ({comm}), the whole server")
+    if "postgres" in wanted:
+        postmaster = servers.procs["postgres"].pid
+        backends = pg_backends()
+        for r in runs:
+            ready = r.first("ready")
+            if HUNG_PEER_CLIENTS[r.client] != "postgres" or ready is None:
+                continue
+            for o in ready["opts"]:
+                pid = backends.get(o["lport"]) if o["peer_port"] == PG_PORT else None
+                if pid is None:
+                    continue
+                _, ppid, comm = _proc_state(pid)
+                if ppid != postmaster:  # only a backend of the lab's own postmaster
+                    log(f"[hung-peer] {r.client}: pid {pid} is not a backend of {postmaster}")
+                    continue
+                freezer.freeze(pid, f"postgres backend of {r.client}/{r.layer}")
+                done.append(f"postgres: backend pid {pid} of {r.client} ({r.layer})")
+    return done
+
+
+def _probe_frozen(freezer: Freezer, wanted: set[str]) -> str:
+    """The network is fine and the servers are not: a connect is accepted (by the kernel),
+    a request goes unanswered. Also every frozen pid must be in state T (stopped)."""
+    port, request = (HTTP_PORT, http_request_ok()) if "http" in wanted else (REDIS_PORT, b"PING\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect((LAB_ADDR, port))
+        except OSError as exc:
+            return f"NOT network-fine: connect to {LAB_ADDR}:{port}: {type(exc).__name__}: {exc}"
+        s.sendall(request)
+        try:
+            reply = s.recv(64)
+        except TimeoutError:
+            reply = None
+    if reply is not None:
+        return f"NOT frozen: {LAB_ADDR}:{port} answered {reply[:20]!r}"
+    # Read after the wait: a SIGSTOP takes effect only once the target is scheduled.
+    states = freezer.states()
+    stopped = sum(1 for st in states.values() if st == "T")
+    verdict = "frozen" if stopped == len(states) else "NOT all stopped"
+    return (
+        f"{verdict}: connect to {LAB_ADDR}:{port} accepted (by its kernel), request "
+        f"unanswered after 1.0 s; {stopped}/{len(states)} frozen processes in state T"
+    )
+
+
+def http_request_ok() -> bytes:
+    return b"GET /ok HTTP/1.1\r\nHost: lab\r\n\r\n"
+
+
+def run_hung_batch(
+    servers: LabServers, clients: list[str], *, cap: float, logdir: str, log: Any, heartbeat: bool
+) -> Batch:
+    """hung-peer: every client connects and warms up; the servers it talks to are frozen
+    (SIGSTOP); each client idles IDLE_BEFORE_CALL s, then makes its next ordinary call."""
+    t0 = time.monotonic()
+    runs = [
+        ClientRun(c, "hung-peer", True, layer=layer, heartbeat_env=heartbeat and layer == "heartbeat")
+        for c in clients
+        for layer in LAYERS
+    ]
+    batch = Batch("hung-peer", runs)
+    freezer = Freezer()
+    try:
+        for r in runs:
+            spawn(r, logdir)
+
+        def settled(r: ClientRun) -> bool:
+            return r.first("ready") is not None or r.terminal is not None or r.exited
+
+        _wait_until(lambda: all(settled(r) for r in runs), time.monotonic() + READY_TIMEOUT)
+        live = [r for r in runs if r.first("ready") is not None and r.terminal is None]
+        log(f"[hung-peer] {len(live)}/{len(runs)} clients ready")
+
+        batch.frozen = _freeze_servers(freezer, servers, live, log)
+        batch.t_cut = time.monotonic()
+        log(f"[hung-peer] froze {len(freezer.pids)} processes at t={batch.t_cut:.3f}")
+        batch.silence = _probe_frozen(freezer, {HUNG_PEER_CLIENTS[r.client] for r in live})
+        for r in live:
+            assert r.proc is not None
+            assert r.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                r.proc.stdin.write("go\n")
+                r.proc.stdin.flush()
+
+        # The cap runs from the calls: "go" + the idle (+0.5 s for the clients to wake).
+        deadline = time.monotonic() + IDLE_BEFORE_CALL + 0.5 + cap
+        _wait_until(lambda: all(r.terminal is not None or r.exited for r in live), deadline)
+        batch.t_end = time.monotonic()
+        # What the kernel did meanwhile: keepalive timers and the last ACK the client got.
+        t_snap, by_pid = ss_snapshot()
+        for r in live:
+            if r.terminal is None and not r.exited:
+                r.killed_at_cap = True
+            if r.proc is not None:
+                r.conns = [{**c, "t_snapshot": t_snap} for c in by_pid.get(r.proc.pid, [])]
+    finally:
+        try:
+            for r in runs:  # first: a thawed server could still answer a waiting client
+                kill(r)
+        finally:
+            freezer.thaw()
     time.sleep(0.2)  # let the reader threads drain
     batch.wall_s = time.monotonic() - t0
     return batch
@@ -305,7 +541,123 @@ def _stderr_tail(run: ClientRun) -> str:
         return ""
 
 
+def _kernel_at_cap(run: ClientRun) -> str:
+    """What `ss` showed at the cap: the keepalive timer, its unanswered probes, the last ACK."""
+    parts = []
+    for c in run.conns:
+        timer = c.get("timer") or "no timer"
+        probes = ""
+        if timer.startswith("keepalive,"):
+            probes = f", {timer.rsplit(',', 1)[-1]} unanswered probes"
+            timer = "keepalive timer"
+        ack = f", last ACK {c['lastack'] / 1000:.1f} s before" if "lastack" in c else ""
+        parts.append(f"{timer}{probes}{ack}")
+    return "; ".join(sorted(set(parts))) if parts else "no connection to the lab"
+
+
+def hung_result(batch: Batch, run: ClientRun, cap: float) -> dict[str, Any]:
+    """A hung-peer row: what the client's next call did, measured from that call."""
+    ready, start, term, sent = run.first("ready"), run.first("start"), run.terminal, run.first("sent")
+    opts = ready["opts"] if ready else []
+    layer = run.layer or ""
+    res: dict[str, Any] = {
+        "client": run.client,
+        "situation": run.situation,
+        "layer": layer,
+        "kapatch": run.kapatch,
+        "env": kapatch_env(run.situation, run.client, run.layer, run.heartbeat_env),
+        "kapatch_loaded": bool(start and start.get("kapatch_loaded")),
+        "server": HUNG_PEER_CLIENTS[run.client],
+        "opts": opts,
+        "opts_summary": _opts_summary(opts),
+        "heartbeat": ready.get("heartbeat") if ready else None,
+        "mechanism": {
+            "keepalive": "the policy as HTTP/2 PINGs (kapatch grpc adapter)"
+            if run.client in PING_CLIENTS
+            else "TCP keepalive (the policy)",
+            "heartbeat": HEARTBEAT_MECHANISMS.get(run.client, "no heartbeat mechanism"),
+            "app-timeout": APP_TIMEOUTS[run.client],
+        }[layer],
+        "cap_s": cap,
+        "measured_from": "the call",
+        "error": None,
+        "detect_s": None,
+        "conns_at_cap": run.conns,
+        "kernel_at_cap": _kernel_at_cap(run),
+        "noise": run.noise[-5:],
+    }
+    if ready is None or sent is None:
+        res["status"] = "setup-failed" if ready is None else "exited"
+        if term is not None:
+            res["error"] = {k: term.get(k) for k in ("type", "message", "errno")}
+        res["stderr_tail"] = _stderr_tail(run)
+        res["verdict"] = hung_verdict(res)
+        return res
+    if term is not None and term["ev"] == "error":
+        res["status"] = "detected"
+        res["detect_s"] = round(term["t"] - sent["t"], 3)
+        res["error"] = {k: term.get(k) for k in ("type", "message", "errno")}
+    elif term is not None:
+        res["status"] = "returned"  # the library replaced the connection and the call worked
+        res["detect_s"] = round(term["t"] - sent["t"], 3)
+        res["result"] = term.get("result")
+    elif run.killed_at_cap:
+        res["status"] = "hanging"
+        res["hanging_s"] = round(batch.t_end - sent["t"], 3) if batch.t_end else None
+    else:
+        res["status"] = "exited"
+        res["stderr_tail"] = _stderr_tail(run)
+    res["verdict"] = hung_verdict(res)
+    return res
+
+
+def hung_bound(client: str, layer: str) -> float | None:
+    """The time from the call within which the layer must catch the frozen server (None:
+    it cannot, and the call must still be blocked at the cap)."""
+    if layer == "keepalive":
+        return float(POLICY_BOUND) if client in PING_CLIENTS else None
+    if layer == "heartbeat":
+        if client in PING_CLIENTS:
+            return float(POLICY_BOUND)  # PINGs on the keepalive policy's timings
+        return HEARTBEAT_TIMEOUT_S if client in HEARTBEAT_MECHANISMS else None
+    if client in APP_TIMEOUT_SERVER_SIDE:
+        return None
+    return APP_TIMEOUT + APP_TIMEOUT_EXTRA.get(client, 0.0)
+
+
+def hung_verdict(res: dict[str, Any]) -> dict[str, Any]:
+    """Expectations, by layer. A heartbeat row is *awaiting* only while this kapatch has no
+    KAPATCH_HEARTBEAT (not passed, then): expected to block, and says so. Once the field
+    exists, a library with a heartbeat mechanism must catch the freeze; if its adapter set
+    no heartbeat on it (the client reads it back), the row fails and says that too."""
+    client, layer, st = res["client"], res["layer"], res["status"]
+    bound = hung_bound(client, layer)
+    if layer == "heartbeat" and bound is not None and not res["env"].get("KAPATCH_HEARTBEAT"):
+        return {
+            "expect": "awaiting the heartbeat (no KAPATCH_HEARTBEAT in this kapatch): blocked at the cap",
+            "ok": st == "hanging",
+            "awaiting": True,
+        }
+    if bound is None:
+        why = {
+            "keepalive": "the peer's kernel answers keepalive probes",
+            "heartbeat": "no heartbeat mechanism in this library",
+            "app-timeout": "statement_timeout runs in the frozen backend",
+        }[layer]
+        return {"expect": f"still blocked at the cap ({res['cap_s']:g} s): {why}", "ok": st == "hanging"}
+    b = bound + HUNG_TOLERANCE
+    d = res.get("detect_s")
+    ok = st in ("detected", "returned") if layer == "heartbeat" else st == "detected"
+    what = "an error or a fresh working connection" if layer == "heartbeat" else "an error"
+    note = ""
+    if layer == "heartbeat" and not res.get("heartbeat"):
+        note = " (but the library shows no heartbeat configured)"
+    return {"expect": f"{what} within {b:g} s of the call{note}", "ok": bool(ok and d is not None and d <= b)}
+
+
 def result_of(batch: Batch, run: ClientRun, cap: float) -> dict[str, Any]:
+    if run.situation == "hung-peer":
+        return hung_result(batch, run, cap)
     ready = run.first("ready")
     start = run.first("start")
     term = run.terminal
@@ -404,7 +756,7 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
+def collect(batches: list[Batch], cap: float, wall_s: float, heartbeat: bool = False) -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in (
         "kapatch", "requests", "urllib3", "httpx", "redis", "psycopg", "psycopg-pool", "gevent", "uvloop",
@@ -423,6 +775,13 @@ def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
         "policy_env": KAPATCH_ENV,
         "user_timeout_env": {"KAPATCH_USER_TIMEOUT": str(POLICY_USER_TIMEOUT)},
         "user_keepalive": {"bound_s": USER_BOUND},
+        "hung_peer": {
+            "heartbeat_env": HEARTBEAT_ENV if heartbeat else {},
+            "heartbeat_supported": heartbeat,
+            "idle_before_call_s": IDLE_BEFORE_CALL,
+            "app_timeout_s": APP_TIMEOUT,
+            "tolerance_s": HUNG_TOLERANCE,
+        },
         "cap_s": cap,
         "wall_s": round(wall_s, 1),
         "batches": [
@@ -430,6 +789,7 @@ def collect(batches: list[Batch], cap: float, wall_s: float) -> dict[str, Any]:
                 "situation": b.situation,
                 "silence_probe": b.silence,
                 "wall_s": round(b.wall_s, 1),
+                **({"frozen": b.frozen} if b.situation == "hung-peer" else {}),
             }
             for b in batches
         ],
@@ -463,6 +823,7 @@ def run_lab(
     host, servers = TestHost(), LabServers(mariadb=not MARIADB_CLIENTS.isdisjoint(clients))
     t0 = time.monotonic()
     batches: list[Batch] = []
+    heartbeat = "hung-peer" in situations and heartbeat_supported()
     try:
         host.create()
         servers.start()
@@ -471,9 +832,20 @@ def run_lab(
         up = "http, redis, postgresql, grpc" + (", mariadb" if servers.mariadb else "")
         log(f"lab up in {time.monotonic() - t0:.1f} s: {LAB_ADDR} ({up})")
         for situation in situations:
-            batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))
+            if situation != "hung-peer":
+                batches.append(run_batch(host, situation, clients, cap=cap, logdir=logdir, log=log))
+                continue
+            hung = [c for c in clients if c in HUNG_PEER_CLIENTS]
+            if not hung:
+                log("[hung-peer] none of the chosen clients has a hung-peer scenario: skipped")
+                continue
+            if not heartbeat:
+                log("[hung-peer] this kapatch has no KAPATCH_HEARTBEAT: heartbeat rows are awaiting")
+            batches.append(
+                run_hung_batch(servers, hung, cap=cap, logdir=logdir, log=log, heartbeat=heartbeat)
+            )
         # Collect while the client logs still exist.
-        results = collect(batches, cap, time.monotonic() - t0)
+        results = collect(batches, cap, time.monotonic() - t0, heartbeat)
     finally:
         try:
             servers.stop()

@@ -1,7 +1,7 @@
 """The dead-peer lab (integrations/) as a test: real servers in a network namespace, a silent
 cut, every client with and without kapatch (enabled by environment variables only).
 
-The whole lab runs once per module (about a minute: three batches, the no-kapatch clients
+The whole lab runs once per module (about two minutes: four batches, the blocked clients
 watched for CAP seconds), in a subprocess so that its own clean-up runs even if this test
 is interrupted. It needs root and `ip netns`: without them it FAILS in CI (CI=true) and
 skips locally, with the reason; it never passes without having run.
@@ -30,6 +30,23 @@ LAB_TIMEOUT = 600.0  # s for the whole lab subprocess
 POLICY_BOUND = 2 + 1 * 2  # idle + interval * count
 USER_TIMEOUT = 3
 USER_BOUND = 5 + 1 * 3  # the application's own keepalive in the respect situation
+
+
+# hung-peer (the server process frozen, the network fine): each client idles past the
+# heartbeat interval (KAPATCH_HEARTBEAT=2, KAPATCH_HEARTBEAT_TIMEOUT=2) and makes one call.
+HUNG_TOLERANCE = 1.5  # s; 39 client processes on 2 shared cores
+APP_TIMEOUT = 3.0  # the application's own read timeout (app-timeout layer)
+HEARTBEAT_TIMEOUT = 2.0
+HUNG_CLIENTS = [
+    "raw-socket", "asyncio-streams", "requests", "urllib3", "httpx", "redis-sync", "redis-asyncio",
+    "psycopg-sync", "psycopg-async", "psycopg-pool", "mysqlclient", "grpc", "grpc-aio",
+]  # fmt: skip
+PING_CLIENTS = ["grpc", "grpc-aio"]  # the policy reaches them as HTTP/2 PINGs, frozen with the server
+HEARTBEAT_CLIENTS = ["redis-sync", "redis-asyncio", "psycopg-pool"]  # heartbeat at next use
+# What catches a frozen server once the call waits, beyond the read timeout itself:
+APP_TIMEOUT_BOUND = dict.fromkeys(HUNG_CLIENTS, APP_TIMEOUT)
+APP_TIMEOUT_BOUND["psycopg-async"] = APP_TIMEOUT + 5.0  # psycopg waits 5 s for the cancelled query
+APP_TIMEOUT_NEVER = ["psycopg-sync", "psycopg-pool"]  # statement_timeout: the frozen backend's own timer
 
 
 def respect_options(client: str) -> str:
@@ -134,8 +151,17 @@ def _row(lab: dict[str, Any], situation: str, client: str, kapatch: bool) -> dic
     pytest.fail(f"no row for {situation} {client} kapatch={kapatch}")
 
 
+def _hung(lab: dict[str, Any], client: str, layer: str) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = lab["rows"]
+    for r in rows:
+        if (r["situation"], r["client"], r.get("layer")) == ("hung-peer", client, layer):
+            return r
+    pytest.fail(f"no hung-peer row for {client} layer={layer}")
+
+
 def _explain(r: dict[str, Any]) -> str:
-    keys = ("status", "detect_s", "from_last_packet_s", "hanging_s", "error", "opts_summary")
+    keys = ("status", "detect_s", "from_last_packet_s", "hanging_s", "error", "opts_summary", "heartbeat",
+            "kernel_at_cap", "env")  # fmt: skip
     parts = {k: r.get(k) for k in keys}
     parts["kapatch_loaded"] = r.get("kapatch_loaded")
     if r.get("stderr_tail"):
@@ -146,7 +172,8 @@ def _explain(r: dict[str, Any]) -> str:
 def test_lab_is_silent_and_leaves_nothing(lab: dict[str, Any]) -> None:
     assert lab["leftovers"] == [], lab["leftovers"]
     for b in lab["batches"]:
-        assert b["silence_probe"].startswith("silent:"), b
+        # hung-peer: the network works (connect accepted), the frozen server does not answer.
+        assert b["silence_probe"].startswith("frozen:" if b["situation"] == "hung-peer" else "silent:"), b
     setup_failed = [r for r in lab["rows"] if r["status"] == "setup-failed"]
     assert not setup_failed, [_explain(r) for r in setup_failed]
 
@@ -181,9 +208,73 @@ def test_respect_keeps_the_applications_bound(lab: dict[str, Any], client: str, 
     r = _row(lab, "respect", client, kapatch=kapatch)
     assert r["status"] == "detected", _explain(r)
     # The application's own bound, not the policy's: keepalive timers run from the last
-    # packet received (read with `ss` just before the cut), so that is the time to compare.
+    # packet received (read with `ss` right after the cut), so that is the time to compare.
     if r["from_last_packet_s"] is not None:
         assert USER_BOUND - 1.0 <= r["from_last_packet_s"] <= USER_BOUND + 1.0, _explain(r)
     else:
         assert POLICY_BOUND + 1.0 < r["detect_s"] <= USER_BOUND + 1.0, _explain(r)
     assert respect_options(client) in r["opts_summary"], _explain(r)
+
+
+def _still_blocked(r: dict[str, Any]) -> None:
+    assert r["status"] == "hanging", _explain(r)
+    assert r["hanging_s"] >= CAP, _explain(r)
+
+
+@pytest.mark.parametrize("client", [c for c in HUNG_CLIENTS if c not in PING_CLIENTS])
+def test_hung_peer_keepalive_alone_never_catches_it(lab: dict[str, Any], client: str) -> None:
+    r = _hung(lab, client, "keepalive")
+    _still_blocked(r)
+    # The policy's probes ran and the frozen server's kernel answered every one.
+    assert "keepalive timer, 0 unanswered probes" in r["kernel_at_cap"], _explain(r)
+
+
+@pytest.mark.parametrize("layer", ["keepalive", "heartbeat"])
+@pytest.mark.parametrize("client", PING_CLIENTS)
+def test_hung_peer_grpc_pings_catch_it(lab: dict[str, Any], client: str, layer: str) -> None:
+    # HTTP/2 PINGs are answered by the server's gRPC core, frozen with it.
+    r = _hung(lab, client, layer)
+    assert r["status"] == "detected", _explain(r)
+    assert r["detect_s"] <= POLICY_BOUND + HUNG_TOLERANCE, _explain(r)
+
+
+# Measured 2026-12-02 on main f5f359f: at activation the redis adapter logs "patching
+# redis.asyncio.client failed: AttributeError(partially initialized module
+# 'redis.asyncio.client' has no attribute 'Redis' (most likely due to a circular import))"
+# (redis-py 8.1), so redis.asyncio.Redis gets no health_check_interval and the call blocks.
+# strict: once the adapter is fixed this XPASSes and fails, and the marker must go.
+_REDIS_ASYNCIO_BROKEN = pytest.mark.xfail(
+    strict=True, reason="redis adapter: patching redis.asyncio.client fails (circular import)"
+)
+
+
+@pytest.mark.parametrize(
+    "client",
+    [pytest.param(c, marks=_REDIS_ASYNCIO_BROKEN) if c == "redis-asyncio" else c for c in HEARTBEAT_CLIENTS],
+)
+def test_hung_peer_heartbeat_catches_it_at_next_use(lab: dict[str, Any], client: str) -> None:
+    r = _hung(lab, client, "heartbeat")
+    if not r["env"].get("KAPATCH_HEARTBEAT"):
+        # Awaiting: this kapatch has no KAPATCH_HEARTBEAT (the lab then does not pass it).
+        # The call blocks, as without a heartbeat; said, not passed.
+        _still_blocked(r)
+        pytest.xfail(f"awaiting the heartbeat for {client}: {r['verdict']['expect']}")
+    assert r.get("heartbeat"), f"the library shows no heartbeat configured: {_explain(r)}"
+    # A prompt error, or the library replaced the connection and the call was answered.
+    assert r["status"] in ("detected", "returned"), _explain(r)
+    assert r["detect_s"] <= HEARTBEAT_TIMEOUT + HUNG_TOLERANCE, _explain(r)
+
+
+@pytest.mark.parametrize("client", [c for c in HUNG_CLIENTS if c not in PING_CLIENTS + HEARTBEAT_CLIENTS])
+def test_hung_peer_no_heartbeat_mechanism_still_blocks(lab: dict[str, Any], client: str) -> None:
+    _still_blocked(_hung(lab, client, "heartbeat"))
+
+
+@pytest.mark.parametrize("client", HUNG_CLIENTS)
+def test_hung_peer_the_applications_read_timeout(lab: dict[str, Any], client: str) -> None:
+    r = _hung(lab, client, "app-timeout")
+    if client in APP_TIMEOUT_NEVER:
+        _still_blocked(r)
+        return
+    assert r["status"] == "detected", _explain(r)
+    assert APP_TIMEOUT - 0.5 <= r["detect_s"] <= APP_TIMEOUT_BOUND[client] + HUNG_TOLERANCE, _explain(r)
