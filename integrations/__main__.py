@@ -46,12 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LEFTOVERS: {results['leftovers']}", file=sys.stderr)
         return 1
     print(f"{len(results['rows']) - len(bad)}/{len(results['rows'])} rows as expected")
-    awaiting = [r for r in results["rows"] if r.get("verdict", {}).get("awaiting")]
-    if awaiting:
-        names = ", ".join(f"{r['client']} {r['layer']}" for r in awaiting)
-        print(
-            f"{len(awaiting)} hung-peer rows awaiting the heartbeat (expected to block until then): {names}"
-        )
     for r in bad:
         kind = (
             f"layer {r['layer']}" if r.get("layer") else "with kapatch" if r["kapatch"] else "without kapatch"

@@ -89,8 +89,6 @@ def hung_cell(row: dict[str, Any] | None, marks: bool = True) -> str:
         txt = "setup failed"
     else:
         txt = "process exited without an event"
-    if v.get("awaiting"):
-        txt = "awaiting the heartbeat: " + txt
     if marks:
         txt += " ✓" if v.get("ok") else " ✗"
     return txt
@@ -131,8 +129,7 @@ def _hung_peer_section(results: dict[str, Any]) -> list[str]:
     hb_note = (
         f"`{hb_env}` added"
         if hb_env
-        else "no heartbeat variable: this kapatch does not know `KAPATCH_HEARTBEAT` yet, so "
-        "those rows are marked *awaiting*"
+        else "no heartbeat variable: this kapatch does not know `KAPATCH_HEARTBEAT`, so those rows fail"
     )
     out = [
         f"## {TITLES['hung-peer']}",
@@ -246,10 +243,7 @@ def markdown(results: dict[str, Any]) -> str:
         "✓ = meets the expectation (with kapatch: detected within bound + tolerance; "
         "without kapatch: still hanging at the cap; respect: the application's bound), "
         "✗ = does not. 'kapatch not loaded' = the client process had not imported kapatch "
-        "at start-up, i.e. environment activation was not in effect. Hung peer: *awaiting* = the "
-        "library shows no heartbeat configured yet (no `KAPATCH_HEARTBEAT` in this kapatch, or "
-        "its adapter does not set one): expected to block until then, and must catch the "
-        "freeze once it does.",
+        "at start-up, i.e. environment activation was not in effect.",
         "",
     ]
     return "\n".join(out)

@@ -626,18 +626,10 @@ def hung_bound(client: str, layer: str) -> float | None:
 
 
 def hung_verdict(res: dict[str, Any]) -> dict[str, Any]:
-    """Expectations, by layer. A heartbeat row is *awaiting* only while this kapatch has no
-    KAPATCH_HEARTBEAT (not passed, then): expected to block, and says so. Once the field
-    exists, a library with a heartbeat mechanism must catch the freeze; if its adapter set
-    no heartbeat on it (the client reads it back), the row fails and says that too."""
+    """Expectations, by layer. A library with a heartbeat mechanism must catch the freeze;
+    if its adapter set no heartbeat on it (the client reads it back), the row fails and says so."""
     client, layer, st = res["client"], res["layer"], res["status"]
     bound = hung_bound(client, layer)
-    if layer == "heartbeat" and bound is not None and not res["env"].get("KAPATCH_HEARTBEAT"):
-        return {
-            "expect": "awaiting the heartbeat (no KAPATCH_HEARTBEAT in this kapatch): blocked at the cap",
-            "ok": st == "hanging",
-            "awaiting": True,
-        }
     if bound is None:
         why = {
             "keepalive": "the peer's kernel answers keepalive probes",
@@ -840,7 +832,7 @@ def run_lab(
                 log("[hung-peer] none of the chosen clients has a hung-peer scenario: skipped")
                 continue
             if not heartbeat:
-                log("[hung-peer] this kapatch has no KAPATCH_HEARTBEAT: heartbeat rows are awaiting")
+                log("[hung-peer] this kapatch has no KAPATCH_HEARTBEAT: its heartbeat rows will fail")
             batches.append(
                 run_hung_batch(servers, hung, cap=cap, logdir=logdir, log=log, heartbeat=heartbeat)
             )

@@ -238,27 +238,10 @@ def test_hung_peer_grpc_pings_catch_it(lab: dict[str, Any], client: str, layer: 
     assert r["detect_s"] <= POLICY_BOUND + HUNG_TOLERANCE, _explain(r)
 
 
-# Measured 2026-12-02 on main f5f359f: at activation the redis adapter logs "patching
-# redis.asyncio.client failed: AttributeError(partially initialized module
-# 'redis.asyncio.client' has no attribute 'Redis' (most likely due to a circular import))"
-# (redis-py 8.1), so redis.asyncio.Redis gets no health_check_interval and the call blocks.
-# strict: once the adapter is fixed this XPASSes and fails, and the marker must go.
-_REDIS_ASYNCIO_BROKEN = pytest.mark.xfail(
-    strict=True, reason="redis adapter: patching redis.asyncio.client fails (circular import)"
-)
-
-
-@pytest.mark.parametrize(
-    "client",
-    [pytest.param(c, marks=_REDIS_ASYNCIO_BROKEN) if c == "redis-asyncio" else c for c in HEARTBEAT_CLIENTS],
-)
+@pytest.mark.parametrize("client", HEARTBEAT_CLIENTS)
 def test_hung_peer_heartbeat_catches_it_at_next_use(lab: dict[str, Any], client: str) -> None:
     r = _hung(lab, client, "heartbeat")
-    if not r["env"].get("KAPATCH_HEARTBEAT"):
-        # Awaiting: this kapatch has no KAPATCH_HEARTBEAT (the lab then does not pass it).
-        # The call blocks, as without a heartbeat; said, not passed.
-        _still_blocked(r)
-        pytest.xfail(f"awaiting the heartbeat for {client}: {r['verdict']['expect']}")
+    assert r["env"].get("KAPATCH_HEARTBEAT"), _explain(r)
     assert r.get("heartbeat"), f"the library shows no heartbeat configured: {_explain(r)}"
     # A prompt error, or the library replaced the connection and the call was answered.
     assert r["status"] in ("detected", "returned"), _explain(r)
