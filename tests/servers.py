@@ -218,8 +218,8 @@ def ipv6_loopback_available() -> bool:
     return True
 
 
-def free_port(*, ipv6: bool | None = None, attempts: int = 50) -> int:
-    """A TCP port free on 127.0.0.1 (and on ::1 when ``ipv6``; default: if available).
+def free_port(*, ipv6: bool | None = None, attempts: int = 50, below: int | None = None) -> int:
+    """A TCP port free on 127.0.0.1 (and on ::1 when ``ipv6``; default: if available), under *below*.
 
     Found by binding port 0; never one of :data:`SYSTEM_PORTS`. The port is released
     before returning, so callers must still retry on a collision.
@@ -230,7 +230,7 @@ def free_port(*, ipv6: bool | None = None, attempts: int = 50) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s4:
             s4.bind((LOOPBACK_V4, 0))
             port: int = s4.getsockname()[1]
-            if port in SYSTEM_PORTS:
+            if port in SYSTEM_PORTS or (below is not None and port >= below):
                 continue
             if not ipv6:
                 return port

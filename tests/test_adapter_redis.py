@@ -468,7 +468,9 @@ class _ServerExited(Exception):
 
 
 @contextlib.contextmanager
-def private_redis(name: str, arguments: Callable[[int, Path], list[str]]) -> Iterator[tuple[int, Path]]:
+def private_redis(
+    name: str, arguments: Callable[[int, Path], list[str]], *, port_below: int | None = None
+) -> Iterator[tuple[int, Path]]:
     """Start ``redis-server <arguments(port, workdir)>`` on a free loopback port: (port, workdir).
 
     Ready when it answers PING. A start that fails (e.g. the port was taken between
@@ -480,7 +482,7 @@ def private_redis(name: str, arguments: Callable[[int, Path], list[str]]) -> Ite
     workdir = Path(tempfile.mkdtemp(prefix=f"kapatch-{name}-"))
     try:
         for _ in range(3):
-            port = free_port(ipv6=False)
+            port = free_port(ipv6=False, below=port_below)
             with (workdir / "stdout.log").open("ab") as output:
                 proc = subprocess.Popen(
                     [exe, *arguments(port, workdir)], stdin=subprocess.DEVNULL, stdout=output, cwd=workdir
@@ -615,7 +617,8 @@ def cluster_port() -> Iterator[int]:
             "--cluster-config-file", str(workdir / f"nodes-{port}.conf"), *_common(port, workdir),
         ]  # fmt: skip
 
-    with private_redis("redis-cluster", arguments) as (port, _):
+    # A cluster node's bus listens on port + 10000: redis refuses ports above 55535.
+    with private_redis("redis-cluster", arguments, port_below=55536) as (port, _):
         admin = redis.Redis(port=port, socket_timeout=5)
         try:
             admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)

@@ -18,8 +18,9 @@ connections: left alone):
   So the check also discards (counted ``evicted``) any connection idle longer than
   ``max_idle`` at the moment it would be handed out.
 
-Idle time is measured from the connection's last return to the pool (recorded by a
-``reset=`` callback chained in front of the application's), or from its creation.
+Idle time is measured from the connection's last return to the pool, or its creation
+(recorded by ``reset=`` and ``configure=`` callbacks chained in front of the application's:
+psycopg_pool 3.2 keeps neither time on the connection).
 
 Cost to the application: after a failed check psycopg_pool tries the next connection at
 once (a second failure in the same getconn waits about 1 s, then 2 s, ...: its backoff),
@@ -115,13 +116,11 @@ class PsycopgPoolAdapter(Adapter):
         new = dict(kwargs)
         if max_idle is not None:
             new["max_idle"] = max_idle
-        user_reset = kwargs.get("reset")
-        if asynchronous:
-            new["check"] = guard.async_check(user_check)
-            new["reset"] = guard.async_reset(user_reset)
-        else:
-            new["check"] = guard.sync_check(user_check)
-            new["reset"] = guard.sync_reset(user_reset)
+        # A connection's last activity: when the pool made it (configure) or took it back (reset).
+        touch = guard.async_touch if asynchronous else guard.sync_touch
+        new["check"] = guard.async_check(user_check) if asynchronous else guard.sync_check(user_check)
+        new["configure"] = touch(kwargs.get("configure"))
+        new["reset"] = touch(kwargs.get("reset"))
         return new
 
 
@@ -223,13 +222,15 @@ class PoolGuard:
 
         return check
 
-    def sync_reset(self, user_reset: Callable[[Any], None] | None) -> Callable[[Any], None]:
-        def reset(conn: Any) -> None:
-            self._returned(conn)
-            if user_reset is not None:
-                user_reset(conn)
+    def sync_touch(self, user_callback: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        """Record the connection's activity now, then run the application's own callback."""
 
-        return reset
+        def touch(conn: Any) -> None:
+            self._returned(conn)
+            if user_callback is not None:
+                user_callback(conn)
+
+        return touch
 
     # -- async -----------------------------------------------------------------
     def async_check(
@@ -250,15 +251,15 @@ class PoolGuard:
 
         return check
 
-    def async_reset(
-        self, user_reset: Callable[[Any], Awaitable[None]] | None
+    def async_touch(
+        self, user_callback: Callable[[Any], Awaitable[None]] | None
     ) -> Callable[[Any], Awaitable[None]]:
-        async def reset(conn: Any) -> None:
+        async def touch(conn: Any) -> None:
             self._returned(conn)
-            if user_reset is not None:
-                await user_reset(conn)
+            if user_callback is not None:
+                await user_callback(conn)
 
-        return reset
+        return touch
 
 
 # -- the probe: an empty query through libpq, non-blocking, with a deadline ------------
