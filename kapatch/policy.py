@@ -18,8 +18,6 @@ __all__ = [
     "MAX_POOL_DURATION_MS",
     "MAX_USER_TIMEOUT_MS",
     "POLICY_FIELDS",
-    "POOL_FIELDS",
-    "SOCKET_FIELDS",
     "Mode",
     "Policy",
     "UserTimeout",
@@ -41,11 +39,6 @@ UserTimeout: TypeAlias = "int | Literal['auto', 'off']"
 POLICY_FIELDS = (
     "enabled", "idle", "interval", "count", "user_timeout", "heartbeat", "heartbeat_timeout", "max_idle",
 )  # fmt: skip
-SOCKET_FIELDS = POLICY_FIELDS[:5]
-"""The fields written to the socket; the others act on pooled connections (``POOL_FIELDS``)."""
-POOL_FIELDS = POLICY_FIELDS[5:]
-"""Fields the pool-aware adapters carry into their library's pool: heartbeat, max_idle."""
-
 # An application-level proof or an idle limit beyond a week is a typo, not a policy.
 MAX_POOL_DURATION_MS = 7 * 24 * 3600 * 1000
 # Linux's own defaults (tcp_keepalive_intvl 75 s, tcp_keepalive_probes 9): the heartbeat

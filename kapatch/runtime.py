@@ -572,13 +572,9 @@ class _Runtime:
         profile cannot know which libraries the program uses.
         """
         adapter_config = self._configs.get(adapter.name)
-        if adapter_config is None or not adapter.pooled:
+        if adapter_config is None:
             return
-        gaps = [
-            field
-            for field, mechanism in _POOL_MECHANISMS
-            if getattr(adapter_config.policy, field) is not None and getattr(adapter, mechanism) is None
-        ]
+        gaps = uncarried_fields(adapter, adapter_config.policy)
         if not gaps:
             return
         by_user = any(not adapter_config.sources.get(field, "").startswith("profile") for field in gaps)
@@ -624,19 +620,30 @@ _COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"
 _POOL_MECHANISMS = (("heartbeat", "heartbeat_mechanism"), ("max_idle", "max_idle_mechanism"))
 
 
-def pool_support(adapter: type[Adapter] | Adapter, policy: Any) -> str:
+def uncarried_fields(adapter: type[Adapter] | Adapter, policy: Policy) -> list[str]:
+    """The pool fields *policy* sets that *adapter*'s pooled library has no mechanism for."""
+    if not adapter.pooled:
+        return []
+    return [
+        field
+        for field, mechanism in _POOL_MECHANISMS
+        if getattr(policy, field) is not None and getattr(adapter, mechanism) is None
+    ]
+
+
+def pool_support(adapter: type[Adapter] | Adapter, policy: Policy) -> str:
     """What this policy's ``heartbeat`` and ``max_idle`` do for *adapter*'s library; "" if neither is set."""
+    uncarried = uncarried_fields(adapter, policy)
     parts = []
     for field, mechanism in _POOL_MECHANISMS:
         if getattr(policy, field) is None:
             continue
-        how = getattr(adapter, mechanism)
         if not adapter.pooled:
             parts.append(f"{field}: not applicable (no pool)")
-        elif how is None:
+        elif field in uncarried:
             parts.append(f"{field}: NOT carried (the library has no mechanism)")
         else:
-            parts.append(f"{field}: {how}")
+            parts.append(f"{field}: {getattr(adapter, mechanism)}")
     return "; ".join(parts)
 
 

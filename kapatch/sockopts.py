@@ -8,6 +8,7 @@ import errno
 from ._memo import remember
 from ._platforms import _FALLBACKS, compile_for, current_platform
 from ._records import record
+from ._respect import TIMINGS
 from ._tcp import TCP_FAMILIES, not_tcp_reason, raw_family, raw_type
 from .policy import MAX_USER_TIMEOUT_MS
 
@@ -156,7 +157,7 @@ def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> 
     application's own probes short. It is then read back from the socket and computed
     here, after the other fields are written.
     """
-    if policy.user_timeout != "auto" or "user_timeout" in kept or kept.isdisjoint(_TIMINGS):
+    if policy.user_timeout != "auto" or "user_timeout" in kept or kept.isdisjoint(TIMINGS):
         return apply_plan(sock, compile_plan(policy, kept=kept))
     result = apply_plan(sock, compile_plan(policy, kept=kept | {"user_timeout"}))
     full = compile_plan(policy)
@@ -173,9 +174,6 @@ def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> 
     except OSError as error:
         return ApplyResult(result.applied, (*result.failed, (op.name, error)), result.unsupported)
     return ApplyResult((*result.applied, op.name), result.failed, result.unsupported)
-
-
-_TIMINGS = frozenset(("idle", "interval", "count"))
 
 
 @record
