@@ -260,6 +260,20 @@ class Batch:
     frozen: list[str] = field(default_factory=list)  # hung-peer: what was stopped, by pid
 
 
+def _start_clients(runs: list[ClientRun], logdir: str, situation: str, log: Any) -> list[ClientRun]:
+    """Spawn every client and wait (bounded) until each is ready, failed or gone: the ready ones."""
+    for r in runs:
+        spawn(r, logdir)
+
+    def settled(r: ClientRun) -> bool:
+        return r.first("ready") is not None or r.terminal is not None or r.exited
+
+    _wait_until(lambda: all(settled(r) for r in runs), time.monotonic() + READY_TIMEOUT)
+    live = [r for r in runs if r.first("ready") is not None and r.terminal is None]
+    log(f"[{situation}] {len(live)}/{len(runs)} clients ready")
+    return live
+
+
 def run_batch(
     host: TestHost, situation: str, clients: list[str], *, cap: float, logdir: str, log: Any
 ) -> Batch:
@@ -267,16 +281,8 @@ def run_batch(
     runs = [ClientRun(c, situation, k) for c in clients for k in (False, True)]
     batch = Batch(situation, runs)
     try:
-        for r in runs:
-            spawn(r, logdir)
-
         # 1. every client connected and warmed up (or failed) -- bounded.
-        def settled(r: ClientRun) -> bool:
-            return r.first("ready") is not None or r.terminal is not None or r.exited
-
-        _wait_until(lambda: all(settled(r) for r in runs), time.monotonic() + READY_TIMEOUT)
-        live = [r for r in runs if r.first("ready") is not None and r.terminal is None]
-        log(f"[{situation}] {len(live)}/{len(runs)} clients ready")
+        live = _start_clients(runs, logdir, situation, log)
         if situation != "user-timeout":
             _wait_until(
                 lambda: all(r.first("blocking") or r.terminal or r.exited for r in live),
@@ -452,15 +458,7 @@ def run_hung_batch(
     batch = Batch("hung-peer", runs)
     freezer = Freezer()
     try:
-        for r in runs:
-            spawn(r, logdir)
-
-        def settled(r: ClientRun) -> bool:
-            return r.first("ready") is not None or r.terminal is not None or r.exited
-
-        _wait_until(lambda: all(settled(r) for r in runs), time.monotonic() + READY_TIMEOUT)
-        live = [r for r in runs if r.first("ready") is not None and r.terminal is None]
-        log(f"[hung-peer] {len(live)}/{len(runs)} clients ready")
+        live = _start_clients(runs, logdir, "hung-peer", log)
 
         batch.frozen = _freeze_servers(freezer, servers, live, log)
         batch.t_cut = time.monotonic()
