@@ -4,9 +4,10 @@ kapatch defines its configuration types at interpreter start when ``KAPATCH_ENAB
 ``dataclasses`` costs ~13 ms to import there (it imports ``inspect``), and each frozen,
 slotted dataclass then costs 0.6-1 ms to define, because ``__init__``, ``__eq__``,
 ``__hash__``, ``__setattr__`` and ``__delattr__`` are generated with ``exec``. ``@record``
-shares pre-written functions for all but ``__init__`` (~40 us per class), and generates
-``__init__`` the first time a class is instantiated (~45 us, once): a record is then
-built as fast as a dataclass, which the connect path needs (a few records per connection).
+shares pre-written functions for all but ``__init__`` (~40 us per class), builds a class's
+first instances through a generic ``__init__``, and compiles the class's own (~45 us, once)
+only for a class built often: such a record is then built as fast as a dataclass, which
+the claimed connect paths need (a record or two per connection).
 
 A record has ``__slots__``, keyword and positional construction with defaults
 (``field(default_factory=...)`` for mutable ones) and a dataclass's error messages,
@@ -119,15 +120,45 @@ def _build(cls: type[_R], *, frozen: bool) -> type[_R]:
     return built
 
 
-def _first_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
-    """An ``__init__`` that compiles the class's real one on first use, then hands over.
+_COMPILE_AFTER = 32
+"""Instances a class builds through the generic ``__init__`` before its own is compiled."""
 
-    The real one is generated code, as dataclasses make it, so building an instance costs
-    what a dataclass costs (~0.4 us); compiling it lazily costs ~45 us once per class that
-    is ever instantiated, instead of at definition for every class.
+
+def _first_init(cls: type, defaults: dict[str, object]) -> Callable[..., None]:
+    """An ``__init__`` that reads the fields generically, then compiles the class's own.
+
+    Compiling an ``__init__`` (as dataclasses do, with ``exec``) costs ~0.5 M instructions
+    per class, and most records are built a handful of times, at interpreter start: those
+    never pay it. A class built more often (per connection) gets its compiled ``__init__``
+    (~0.4 us an instance) on its ``_COMPILE_AFTER``-th instance. A call whose arguments do
+    not fit compiles at once, so the error is Python's own, word for word.
     """
+    names = fields(cls)
+    setters = tuple(cls.__dict__[name].__set__ for name in names)
+    post_init = getattr(cls, "__post_init__", None) is not None
+    built = [0]
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:
+        built[0] += 1
+        if built[0] < _COMPILE_AFTER and len(args) <= len(names):
+            values = list(args)
+            taken = 0
+            for name in names[len(args) :]:
+                if name in kwargs:
+                    values.append(kwargs[name])
+                    taken += 1
+                    continue
+                default = defaults.get(name, _NO_DEFAULT)
+                if default is _NO_DEFAULT:
+                    break  # missing: the compiled __init__ says so
+                values.append(default.make() if isinstance(default, _Factory) else default)
+            else:
+                if taken == len(kwargs):  # else unknown, or given twice: the compiled one says so
+                    for setter, value in zip(setters, values, strict=True):
+                        setter(self, value)
+                    if post_init:
+                        self.__post_init__()  # type: ignore[attr-defined]
+                    return
         real = _compile_init(cls, defaults)
         type.__setattr__(cls, "__init__", real)
         real(self, *args, **kwargs)

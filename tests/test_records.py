@@ -117,3 +117,65 @@ def test_repr_as_dict_pickle_and_copy() -> None:
     policy = Policy(idle=30, interval=5, count=3)
     assert pickle.loads(pickle.dumps(policy)) == policy
     assert copy.copy(policy) == policy
+
+
+def _fresh_class() -> type:
+    @record(frozen=False)
+    class Fresh:
+        name: str
+        size: int = 3
+        items: list[int] = field(default_factory=list)
+
+        def __post_init__(self) -> None:
+            self.size += 1
+
+    return Fresh
+
+
+def test_the_first_instances_are_built_generically_then_the_class_compiles_its_own() -> None:
+    from kapatch import _records
+
+    fresh = _fresh_class()
+    generic = fresh.__init__
+    first = [fresh("a"), fresh("b", 5), fresh(name="c", items=[1]), fresh("d", items=[2], size=0)]
+    assert fresh.__init__ is generic  # nothing compiled for a class built a few times
+    assert [(f.name, f.size, f.items) for f in first] == [
+        ("a", 4, []),
+        ("b", 6, []),
+        ("c", 4, [1]),
+        ("d", 1, [2]),
+    ]
+    assert first[0].items is not first[1].items  # a fresh factory default each time
+    for _ in range(_records._COMPILE_AFTER):
+        fresh("e")
+    assert fresh.__init__ is not generic
+    assert fresh.__init__.__qualname__.endswith("Fresh.__init__")
+    assert (fresh("f", 1).name, fresh("f", 1).size) == ("f", 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((), {}),
+        ((1, 2, "a", 4), {}),
+        ((1,), {"x": 2}),
+        ((1,), {"z": 2}),
+        ((), {"y": 1}),
+        ((), {"x": 1, "q": 2}),
+    ],
+)
+def test_bad_arguments_to_a_class_not_yet_compiled_fail_as_for_a_dataclass(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    @record
+    class Point:  # a class of its own: the module's Point may be compiled already
+        x: int
+        y: int = 0
+        label: str = "p"
+
+    Point.__qualname__ = "Point"  # as the dataclass's, for the messages to compare
+    with pytest.raises(TypeError) as expected:
+        DataclassPoint(*args, **kwargs)  # type: ignore[arg-type, misc]
+    with pytest.raises(TypeError) as raised:
+        Point(*args, **kwargs)  # type: ignore[arg-type, misc]
+    assert str(raised.value) == str(expected.value)
