@@ -27,10 +27,11 @@ def _normalise(name: str) -> str:
 
 
 _found: tuple[tuple[str, str, str | None], ...] | None = None
+_by_name: dict[str, tuple[str, str | None]] | None = None
 
 
 def _distributions() -> tuple[tuple[str, str, str | None], ...]:
-    """(directory, normalised name, version) of every distribution, in sys.path order; listed once."""
+    """(directory, name as written, version) of every distribution, in sys.path order; listed once."""
     global _found  # noqa: PLW0603 - a once-per-process cache
     if _found is None:
         _found = _list_distributions()
@@ -38,30 +39,34 @@ def _distributions() -> tuple[tuple[str, str, str | None], ...]:
 
 
 def _list_distributions() -> tuple[tuple[str, str, str | None], ...]:
+    # Runs at interpreter start: names are only split here (normalised on a version query).
     found = []
     for directory in sys.path:
         try:
-            names = sorted(os.listdir(directory or "."))
+            names = os.listdir(directory or ".")
         except OSError:
             continue
-        for entry in names:
-            if not entry.endswith(_SUFFIXES):
-                continue
-            stem = entry.rsplit(".", 1)[0]
-            name, _, version = stem.partition("-")
+        prefix = (directory or ".") + os.sep
+        for entry in sorted(entry for entry in names if entry.endswith(_SUFFIXES)):
+            name, _, version = entry.rpartition(".")[0].partition("-")
             if entry.endswith(".egg-info"):
                 version = version.partition("-")[0]  # setup.py's egg-info: name-1.2.3-py3.10
-            found.append((os.path.join(directory or ".", entry), _normalise(name), version or None))
+            found.append((prefix + entry, name, version or None))
     return tuple(found)
 
 
 def version(distribution: str) -> str | None:
     """The installed version of *distribution* (the first on sys.path), or ``None``."""
-    wanted = _normalise(distribution)
-    for path, name, found in _distributions():
-        if name == wanted:
-            return found if found is not None else _version_from_metadata(path)
-    return None
+    global _by_name  # noqa: PLW0603 - a once-per-process cache
+    if _by_name is None:
+        by_name: dict[str, tuple[str, str | None]] = {}
+        for path, name, found in _distributions():
+            by_name.setdefault(_normalise(name), (path, found))
+        _by_name = by_name
+    path, found = _by_name.get(_normalise(distribution), ("", None))
+    if not path:
+        return None
+    return found if found is not None else _version_from_metadata(path)
 
 
 def _version_from_metadata(path: str) -> str | None:
@@ -83,15 +88,37 @@ def entry_points(group: str) -> dict[str, str]:
     header = f"[{group}]"
     wanted = header.encode()
     for path, _name, _version in _distributions():
-        try:  # bytes, decoded only where the group is: most files are not
-            with open(os.path.join(path, "entry_points.txt"), "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        if wanted in data:
+        data = _read_bytes(path + _ENTRY_POINTS)
+        if data is not None and wanted in data:  # bytes, decoded only where the group is
             for key, value in _section(data.decode("utf-8"), header):
                 found.setdefault(key, value)
     return found
+
+
+_ENTRY_POINTS = os.sep + "entry_points.txt"
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_bytes(path: str) -> bytes | None:
+    """The file's bytes, or ``None`` where it cannot be read (most distributions have none).
+
+    ``os.open``/``os.read`` rather than ``open()``: this runs once per installed
+    distribution at interpreter start, and a buffered file object (or the exception
+    ``open()`` builds for a missing file, with its path) costs several times the calls.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _section(text: str, header: str) -> list[tuple[str, str]]:
