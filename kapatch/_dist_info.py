@@ -30,6 +30,12 @@ _found: tuple[tuple[str, str, str | None], ...] | None = None
 _by_name: dict[str, tuple[str, str | None]] | None = None
 
 
+# The standard library's own directories: pip never installs a distribution there, and
+# they are the longest listings on sys.path (~280 entries), read at interpreter start.
+_STDLIB = os.path.dirname(getattr(os, "__file__", None) or "")  # none in a frozen application
+_STDLIB_DIRECTORIES = frozenset((_STDLIB, os.path.join(_STDLIB, "lib-dynload")) if _STDLIB else ())
+
+
 def _distributions() -> tuple[tuple[str, str, str | None], ...]:
     """(directory, name as written, version) of every distribution, in sys.path order; listed once."""
     global _found  # noqa: PLW0603 - a once-per-process cache
@@ -42,6 +48,8 @@ def _list_distributions() -> tuple[tuple[str, str, str | None], ...]:
     # Runs at interpreter start: names are only split here (normalised on a version query).
     found = []
     for directory in sys.path:
+        if directory in _STDLIB_DIRECTORIES:
+            continue
         try:
             names = os.listdir(directory or ".")
         except OSError:
@@ -102,10 +110,12 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY"
 def _read_bytes(path: str) -> bytes | None:
     """The file's bytes, or ``None`` where it cannot be read (most distributions have none).
 
-    ``os.open``/``os.read`` rather than ``open()``: this runs once per installed
-    distribution at interpreter start, and a buffered file object (or the exception
-    ``open()`` builds for a missing file, with its path) costs several times the calls.
+    ``os.access``, then ``os.open``/``os.read``, rather than ``open()``: this runs once per
+    installed distribution at interpreter start, and a buffered file object (or the
+    exception built for a missing file, with its path) costs several times the calls.
     """
+    if not os.access(path, os.R_OK):  # a bool, not an exception: the common case is "none"
+        return None
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
