@@ -14,6 +14,7 @@ __all__ = [
     "BUILTIN_ADAPTERS",
     "ENTRY_POINT_GROUP",
     "LAZY_ADAPTERS",
+    "OPT_IN_ADAPTERS",
     "adapter_entry_points",
     "adapter_names",
     "clear_cache",
@@ -78,6 +79,10 @@ LAZY_ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 imports an adapter's module (and checks its library's version) only then, not at
 interpreter start; a third party's adapter is loaded at install. tests/test_boot_path.py
 holds this table to the classes."""
+
+OPT_IN_ADAPTERS = frozenset(("inbound",))
+"""Built-in adapters that are off unless turned on (``Adapter.opt_in``): not loaded at all
+when the configuration leaves them off. tests/test_boot_path.py holds this to the classes."""
 
 _found: dict[str, str] | None = None  # read once per process (functools costs ~1 ms at start)
 

@@ -19,7 +19,7 @@ import sys
 
 from . import _ledger, _log
 from ._import_hooks import ImportHooks
-from ._registry import LAZY_ADAPTERS, adapter_entry_points
+from ._registry import LAZY_ADAPTERS, OPT_IN_ADAPTERS, adapter_entry_points
 from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
 from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
 from ._tcp import not_tcp_reason
@@ -28,7 +28,6 @@ from ._tcp import raw_type as _raw_type
 from .adapters._base import COUNTERS, POOL_COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
-from .rules import Destination, first_match
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from ._socket_hooks import SocketHooks
     from ._status import Status
     from .policy import Policy
+    from .rules import Destination, Rule  # loaded at the first decision, not at interpreter start
     from .sockopts import ApplyResult
 
     _Ops: TypeAlias = tuple[tuple[int, int, int], ...]
@@ -108,6 +108,9 @@ class _Runtime:
                     lazy = LAZY_ADAPTERS.get(name)
                     if lazy is None or lazy[0] != target:
                         self._enable(name, target)  # a third party's: its modules are known once loaded
+                        continue
+                    if name in OPT_IN_ADAPTERS and name not in config.opted_in:
+                        self.reasons[name] = _off_unless_turned_on(name)  # not even loaded
                         continue
                     # A built-in: loaded (with its library's version check) when one of its
                     # modules is first imported, or when someone asks (status, audit).
@@ -176,7 +179,7 @@ class _Runtime:
             _log.warning("kapatch: adapter %s failed to load: %r", name, error)
             return
         if reason is None and adapter_class.opt_in and self.config and name not in self.config.opted_in:
-            reason = f"off unless turned on ({name} = true, KAPATCH_{name.upper()}=1)"
+            reason = _off_unless_turned_on(name)
         if reason is not None:
             self.reasons[name] = reason
             return
@@ -285,7 +288,8 @@ class _Runtime:
     def _decide(self, adapter: str, destination: Destination, chosen: frozenset[str]) -> Decision:
         adapter_config = self.config_for(adapter)
         policy = adapter_config.policy
-        rule = first_match(self.config.rules if self.config else (), adapter, destination)
+        rules = self.config.rules if self.config else ()
+        rule = _first_match(rules, adapter, destination) if rules else None
         if rule is not None:
             if rule.action == "skip":
                 return Decision("skip", reason=f"rule {rule.describe()}")
@@ -340,7 +344,8 @@ class _Runtime:
                     return _UNREADABLE
             fast = self._fast.get((adapter, chosen))
             if fast is None:
-                fast = self._decide_once(adapter, chosen, Destination(host=host, address=address, port=port))
+                destination = _destination(host=host, address=address, port=port)
+                fast = self._decide_once(adapter, chosen, destination)
             return self._carry_out(sock, adapter, fast)
         except Exception as error:  # e.g. a closed socket; the connect goes on regardless
             self.record_failure(adapter, "configuring a socket", error)
@@ -544,7 +549,7 @@ class _Runtime:
             if "inbound" not in self._enabled or not_tcp_reason(sock) is not None:
                 return
             host, port = _host_port(sock.getsockname())
-            self.configure_socket(sock, "inbound", Destination(host=host, address=host, port=port))
+            self.configure_socket(sock, "inbound", _destination(host=host, address=host, port=port))
         except Exception as error:
             self.record_failure("inbound", "listen hook", error)
 
@@ -703,6 +708,22 @@ class _ClaimBlock:
 
     def __exit__(self, *_: object) -> None:
         _CLAIM.reset(self._token)
+
+
+def _off_unless_turned_on(adapter: str) -> str:
+    return f"off unless turned on ({adapter} = true, KAPATCH_{adapter.upper()}=1)"
+
+
+def _destination(*, host: str | None, address: str | None, port: int | None) -> Destination:
+    from .rules import Destination  # rules load at the first decision, not at interpreter start
+
+    return Destination(host=host, address=address, port=port)
+
+
+def _first_match(rules: tuple[Rule, ...], adapter: str, destination: Destination) -> Rule | None:
+    from .rules import first_match
+
+    return first_match(rules, adapter, destination)
 
 
 def _host_port(address: Any) -> tuple[str | None, int | None]:

@@ -199,7 +199,7 @@ def test_enabled_start_loads_no_adapter_module():
 
 def test_lazy_adapter_table_matches_the_classes():
     """The registry's table says, without importing them, what the adapter classes say."""
-    from kapatch._registry import BUILTIN_ADAPTERS, LAZY_ADAPTERS
+    from kapatch._registry import BUILTIN_ADAPTERS, LAZY_ADAPTERS, OPT_IN_ADAPTERS
     from kapatch.runtime import _load
 
     entry_points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="kapatch.adapters")}
@@ -209,6 +209,7 @@ def test_lazy_adapter_table_matches_the_classes():
         adapter = _load(target)
         assert adapter.name == name
         assert modules == (adapter.modules or ("socket",)), name
+        assert (name in OPT_IN_ADAPTERS) == adapter.opt_in, name
         if not adapter.modules:  # loaded at socket's import: it must need nothing else
             assert adapter.socket_hooks, name
 
