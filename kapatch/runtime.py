@@ -12,7 +12,6 @@ from __future__ import annotations
 import _socket
 import _thread
 import _weakref as _weakref_module
-import contextvars
 import errno
 import os
 import sys
@@ -31,6 +30,7 @@ from .policy import Mode
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
+    import contextvars
     import socket
     from collections.abc import Mapping
     from types import ModuleType
@@ -55,10 +55,9 @@ if TYPE_CHECKING:
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
 
-_CLAIM: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("kapatch_claim", default=None)
-_CLAIMED = [False]
-"""Set for good when a claim block is first entered: until then no context can hold a claim,
-and the connect hook skips the context-variable lookup (only library adapters claim)."""
+_CLAIM: list[contextvars.ContextVar[Claim | None]] = []
+"""The context variable of library adapters' claims, made at the first claim (contextvars is
+not imported before): until then no context can hold one, and the connect hook skips the lookup."""
 
 
 class _Runtime:
@@ -408,7 +407,12 @@ class _Runtime:
     def claim(
         self, adapter: str, host: str | None, port: int | None, *, chosen: frozenset[str] | None = None
     ) -> _ClaimBlock:
-        _CLAIMED[0] = True
+        if not _CLAIM:
+            with self._stats_lock:
+                if not _CLAIM:
+                    import contextvars
+
+                    _CLAIM.append(contextvars.ContextVar("kapatch_claim", default=None))
         return _ClaimBlock(Claim(adapter, host, port, chosen))
 
     def reapply(self, sock: socket.socket, adapter: str, decision: Decision) -> None:
@@ -455,7 +459,7 @@ class _Runtime:
                     return
             elif not_tcp_reason(sock) is not None:
                 return
-            if _CLAIMED[0] and _CLAIM.get() is not None:
+            if _CLAIM and _CLAIM[0].get() is not None:
                 self._on_claimed(sock, address, default_adapter)
                 return
             hot = self._hot.get(default_adapter)
@@ -514,7 +518,7 @@ class _Runtime:
 
     def _on_claimed(self, sock: socket.socket, address: Any, default_adapter: str) -> None:
         """A connection inside a library adapter's claim block: that adapter decides."""
-        owner = _CLAIM.get()
+        owner = _CLAIM[0].get()
         assert owner is not None
         host, port = _host_port(address)
         if owner.adapter not in self._enabled:  # claimed by an adapter that is no longer enabled
@@ -703,11 +707,11 @@ class _ClaimBlock:
         self._record = record
 
     def __enter__(self) -> Claim:
-        self._token = _CLAIM.set(self._record)
+        self._token = _CLAIM[0].set(self._record)
         return self._record
 
     def __exit__(self, *_: object) -> None:
-        _CLAIM.reset(self._token)
+        _CLAIM[0].reset(self._token)
 
 
 def _off_unless_turned_on(adapter: str) -> str:
