@@ -33,6 +33,10 @@ if variant == "hand":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 110_000)
+elif variant == "hand_respect":
+    from benchmarks.connect import _read_chosen, _write_unchosen
+    def run(sock):
+        _write_unchosen(sock, _read_chosen(sock))
 elif variant == "bare":
     def run(sock):
         pass
@@ -50,7 +54,8 @@ for _ in range(count):
 """
 
 VARIANTS = {"bare": "socket() + close() only", "hand": "5 setsockopt by hand",
-            "respect": "kapatch hook, respect mode", "override": "kapatch hook, override mode"}  # fmt: skip
+            "hand_respect": "5 getsockopt + 5 setsockopt by hand", "respect": "kapatch hook, respect mode",
+            "override": "kapatch hook, override mode"}  # fmt: skip
 
 
 def _instructions(variant: str, count: int, work: str) -> int:
