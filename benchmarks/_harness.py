@@ -8,6 +8,22 @@ minimum is what the code costs and the median shows how noisy the machine was.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+
+def rotated(variants: Iterable[_T], round_index: int) -> list[_T]:
+    """The variants in the order for round *round_index*: each one starts as many rounds.
+
+    A fixed order charges drift within a round to the variants that run last: on loopback
+    every closed connection leaves a TIME_WAIT entry for 60 s, and connect() slows as they
+    pile up (tens of thousands in a run), so the last variant of a round always met more.
+    """
+    order = list(variants)
+    shift = round_index % len(order) if order else 0
+    return order[shift:] + order[:shift]
 
 
 def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[str, float]:

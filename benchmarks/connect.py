@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import kapatch
 
-from ._harness import report
+from ._harness import report, rotated
 
 ROUNDS, PER_ROUND = 21, 300
 
@@ -78,8 +78,8 @@ def measure() -> dict[str, float]:
         "kapatch, respect mode": (plain, "respect"),
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(ROUNDS):
-        for name, (run, mode) in variants.items():
+    for round_index in range(ROUNDS):
+        for name, (run, mode) in rotated(variants.items(), round_index):
             if mode is not None:
                 kapatch.install(profile="balanced", mode=mode)
             start = time.perf_counter()
@@ -158,10 +158,10 @@ def _decision_cost(address: tuple[str, int]) -> dict[str, float]:
     kapatch.install(profile="balanced", mode="override")  # override: the same socket each call
     hook = runtime.context().on_connect
     samples: dict[str, list[float]] = {"5 setsockopt by hand": [], "kapatch's connect hook": []}
-    for _ in range(ROUNDS):
-        for name, run in (
-            ("5 setsockopt by hand", by_hand),
-            ("kapatch's connect hook", lambda: hook(sock, address)),
+    for round_index in range(ROUNDS):
+        for name, run in rotated(
+            (("5 setsockopt by hand", by_hand), ("kapatch's connect hook", lambda: hook(sock, address))),
+            round_index,
         ):
             start = time.perf_counter()
             for _ in range(PER_ROUND * 10):

@@ -16,7 +16,7 @@ import time
 
 import kapatch
 
-from ._harness import report
+from ._harness import report, rotated
 
 ROUNDS, PER_ROUND, MESSAGE = 21, 2000, b"x" * 64
 BASELINE = "plain socket (baseline)"
@@ -68,8 +68,10 @@ def main() -> None:
     assert kapatch.inspect(configured).enabled and not kapatch.inspect(plain).enabled
     assert type(configured) is socket.socket and type(configured).send is socket.socket.send
     samples: dict[str, list[float]] = {BASELINE: [], "kapatch-configured socket": []}
-    for _ in range(ROUNDS):
-        for name, sock in ((BASELINE, plain), ("kapatch-configured socket", configured)):
+    for round_index in range(ROUNDS):
+        for name, sock in rotated(
+            ((BASELINE, plain), ("kapatch-configured socket", configured)), round_index
+        ):
             start = time.perf_counter()
             _ping_pong(sock)
             samples[name].append((time.perf_counter() - start) / PER_ROUND)

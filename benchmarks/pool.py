@@ -36,7 +36,7 @@ from typing import Any
 
 import kapatch
 
-from ._harness import report
+from ._harness import report, rotated
 
 ROUNDS = 31
 PER_ROUND = {"requests": 100, "redis": 500}
@@ -186,8 +186,8 @@ def _measure(name: str, make: Callable[[], Client]) -> dict[str, float]:
         "request": {variant: [] for variant in VARIANTS},
         "cycle": {variant: [] for variant in VARIANTS},
     }
-    for _ in range(ROUNDS):
-        for variant, settings in VARIANTS.items():
+    for round_index in range(ROUNDS):
+        for variant, settings in rotated(VARIANTS.items(), round_index):
             if settings is not None:
                 kapatch.install(environ={}, **settings)
             try:

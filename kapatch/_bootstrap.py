@@ -4,6 +4,13 @@ Both doors install from the environment and the config file through one function
 :func:`activate`, which does nothing when kapatch is installed already (by the other
 door or by an explicit :func:`kapatch.install`): a process is never installed twice.
 
+At interpreter start the configuration is read and validated at once (a bad setting is
+reported before the program runs), but the runtime (the connect path, the adapters'
+interface, ``_socket``: about half of an enabled start) is installed when the program
+first imports a module an adapter waits for (``socket``, ``asyncio``, a client library),
+or the runtime itself (``kapatch.status()``, ``kapatch.install()``, ...): before any
+connection can be made, and never in a program that makes none.
+
 A configuration error never stops the program by default: it becomes one warning on
 the ``kapatch`` logger (stderr at interpreter start, when no handler is configured yet)
 and the program runs unpatched. ``KAPATCH_ON_ERROR=raise`` fails fast instead: at
@@ -36,6 +43,7 @@ __all__ = [
     "START_NAME",
     "activate",
     "auto",
+    "complete_deferred",
     "gate_open",
     "start",
 ]
@@ -49,8 +57,10 @@ START_NAME = "kapatch.start"
 GATE_MODULE = "_kapatch_gate.py"
 _OFF_WORDS = ("", "0", "false", "no", "off")  # the same tuple as in kapatch.pth and _kapatch_gate
 
-_lock = _thread.allocate_lock()
+_lock = _thread.RLock()  # re-entered: installing imports the runtime, which calls complete_deferred
 _reported: set[str] = set()
+_deferred: list[Config] = []
+"""The configuration read at interpreter start, until the runtime is installed with it."""
 
 
 def gate_open(environ: Mapping[str, str] | None = None) -> bool:
@@ -64,22 +74,86 @@ def activate(environ: Mapping[str, str] | None = None) -> tuple[Config, bool]:
 
     Returns the configuration in force and whether this call installed it.
     """
-    from . import runtime
     from .config import load_config
 
     with _lock:
-        current = runtime.current_config()
+        current = _installed_config()
         if current is not None:
             return current, False
         config = load_config(environ=environ)
+        from . import runtime
+
         runtime.install_config(config)
         return config, True
+
+
+def _installed_config() -> Config | None:
+    """The configuration in force, deferred or installed, without importing the runtime."""
+    if _deferred:
+        return _deferred[0]
+    runtime = sys.modules.get("kapatch.runtime")
+    return None if runtime is None else runtime.current_config()
+
+
+def _start() -> None:
+    """Read and validate the configuration now; install when the program first needs it."""
+    from ._import_hooks import HOOKS
+    from ._registry import start_triggers
+    from .config import load_config
+
+    with _lock:
+        if _installed_config() is not None:
+            return
+        config = load_config()
+        triggers = start_triggers(config)
+        if triggers is None:  # a third party's adapter: enabled at install, so install now
+            from . import runtime
+
+            runtime.install_config(config)
+            return
+        _deferred.append(config)
+    for name in triggers:  # an imported one calls back at once
+        HOOKS.when_imported(name, _on_trigger)
+
+
+def _on_trigger(_: object) -> None:
+    complete_deferred()
+
+
+def complete_deferred() -> None:
+    """Install the configuration read at interpreter start, if it still waits; never raises.
+
+    Called by the trigger modules' import hooks, and at the end of ``kapatch.runtime``'s own
+    import: whoever loads the runtime first finds kapatch installed.
+    """
+    if not _deferred:  # the common case once installed: no lock, no import
+        return
+    try:
+        from . import runtime  # outside the lock: its import ends by calling back here
+
+        with _lock:
+            if not _deferred:
+                return
+            runtime.install_config(_deferred[0])
+            _deferred.clear()
+    except Exception as error:  # an import hook must not break the program's import
+        _deferred.clear()
+        _log.warning("kapatch: activation failed: %r; this process runs WITHOUT kapatch", error)
+
+
+def _after_fork_in_child() -> None:
+    global _lock  # noqa: PLW0603 - a lock another thread held at fork time is never released
+    _lock = _thread.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start() -> None:
     """Interpreter start (via ``_kapatch_gate``): never raises; exits 78 only when asked to."""
     try:
-        activate()
+        _start()
     except Exception as error:
         _report(error, at_startup=True)
     if os.environ.get("KAPATCH__AUDIT"):  # kapatch run --audit

@@ -17,6 +17,7 @@ real loader throughout.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any
 
-__all__ = ["ImportHooks"]
+__all__ = ["HOOKS", "ImportHooks"]
 
 
 class _ChainedLoader:
@@ -124,3 +125,11 @@ class ImportHooks:
                 callback(module)
             except Exception:  # the callbacks report their own errors
                 continue  # an import never fails because of them
+
+
+HOOKS = ImportHooks()
+"""The process's import hooks: the runtime's, and the triggers of a start that waits for the
+first network import (``kapatch._bootstrap``). One finder, so that a module whose import one of
+them watches is known to be half made while a callback of the other runs."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=HOOKS.after_fork_in_child)

@@ -202,8 +202,8 @@ def activation_files() -> tuple[ActivationFile, ...]:
 
 
 _ACTIVATION_PROBE = (
-    "import sys; runtime = sys.modules.get('kapatch.runtime'); "
-    "print('patched' if runtime is not None and runtime.current_config() is not None else 'not patched')"
+    "import sys; started = 'kapatch._bootstrap' in sys.modules; from kapatch import runtime; "
+    "print('patched' if started and runtime.current_config() is not None else 'not patched')"
 )
 
 

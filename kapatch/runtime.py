@@ -17,8 +17,8 @@ import os
 import sys
 
 from . import _ledger, _log
-from ._import_hooks import ImportHooks
-from ._registry import LAZY_ADAPTERS, OPT_IN_ADAPTERS, adapter_entry_points
+from ._import_hooks import HOOKS
+from ._registry import adapter_entry_points, left_off, trigger_modules
 from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
 from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
 from ._tcp import not_tcp_reason
@@ -81,7 +81,7 @@ class _Runtime:
         # adapter -> the unclaimed connect path's table (see _Hot)
         self._hot: dict[str, _Hot] = {}
         self.socket_hooks: SocketHooks | None = None  # made when socket is first imported
-        self.import_hooks = ImportHooks()
+        self.import_hooks = HOOKS  # shared with a start that waits for the first network import
 
     # -- install / uninstall -------------------------------------------------
     def install(self, config: Config) -> None:
@@ -104,18 +104,18 @@ class _Runtime:
                     if not config.wants_adapter(name):
                         self.reasons[name] = "not selected by the configuration"
                         continue
-                    lazy = LAZY_ADAPTERS.get(name)
-                    if lazy is None or lazy[0] != target:
+                    triggers = trigger_modules(name, target)
+                    if triggers is None:
                         self._enable(name, target)  # a third party's: its modules are known once loaded
                         continue
-                    if name in OPT_IN_ADAPTERS and name not in config.opted_in:
+                    if left_off(name, config.opted_in):
                         self.reasons[name] = _off_unless_turned_on(name)  # not even loaded
                         continue
                     # A built-in: loaded (with its library's version check) when one of its
                     # modules is first imported, or when someone asks (status, audit).
                     self._pending[name] = target
-                    self.reasons[name] = "waiting for import of " + " or ".join(lazy[1])
-                    for module_name in lazy[1]:
+                    self.reasons[name] = "waiting for import of " + " or ".join(triggers)
+                    for module_name in triggers:
                         self._register_load(name, module_name, generation)
                 self._sync_socket_hooks(generation)
 
@@ -615,7 +615,6 @@ class _Runtime:
         """Locks held by another thread at fork time would never be released in the child."""
         self._lock = _thread.RLock()
         self._stats_lock = _thread.allocate_lock()
-        self.import_hooks.after_fork_in_child()
         for adapter in list(self._enabled.values()):
             adapter.patcher.after_fork_in_child()
         self.counts = {name: dict.fromkeys(COUNTERS, 0) for name in self.counts}
@@ -802,3 +801,10 @@ def context() -> _Runtime:
 
 
 claim = _RUNTIME.claim
+
+# A start with KAPATCH_ENABLED=1 read its configuration and waits for the first import of a
+# module an adapter patches to install it (kapatch._bootstrap); whoever loads the runtime
+# first, that import or the program's own call, finds kapatch installed.
+_start = sys.modules.get("kapatch._bootstrap")
+if _start is not None:
+    _start.complete_deferred()

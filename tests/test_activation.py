@@ -233,7 +233,7 @@ def test_unset_or_off_imports_and_patches_nothing(http_server, value):
 
 def test_enabled_alone_patches_raw_sockets(http_server):
     result = probe({"socket": [http_server.host, http_server.port]}, clean_env(KAPATCH_ENABLED="1"))
-    assert "kapatch.runtime" in result["loaded_at_start"]  # type: ignore[operator]
+    assert "kapatch.config" in result["loaded_at_start"]  # type: ignore[operator]
     assert result["installed"] is True
     assert result["socket"] == expected_policy()
     assert kapatch_lines(str(result["stderr"])) == []

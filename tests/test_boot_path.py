@@ -108,8 +108,10 @@ def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server)
         before = {name: name in sys.modules for name in ("wrapt", "importlib.metadata", "kapatch.runtime")}
         import urllib3
         from urllib3.connection import HTTPConnection
+        runtime = "kapatch.runtime" in sys.modules  # installed by urllib3's import, not by status()
         import kapatch
-        after = {"wrapt": "wrapt" in sys.modules, "patched": kapatch.status().adapter("urllib3").reason}
+        after = {"wrapt": "wrapt" in sys.modules, "runtime": runtime,
+                 "patched": kapatch.status().adapter("urllib3").reason}
         print(json.dumps({"before": before, "after": after}))
         """
     )
@@ -120,8 +122,8 @@ def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server)
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["before"] == {"wrapt": False, "importlib.metadata": False, "kapatch.runtime": True}
-    assert result["after"] == {"wrapt": True, "patched": "patched"}
+    assert result["before"] == {"wrapt": False, "importlib.metadata": False, "kapatch.runtime": False}
+    assert result["after"] == {"wrapt": True, "runtime": True, "patched": "patched"}
 
 
 # What an enabled start may add to a disabled one, besides kapatch's own modules: C
@@ -151,7 +153,7 @@ def test_enabled_start_adds_only_kapatch_and_a_few_c_modules():
     enabled = _modules_at_start(
         {"KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "45s", "KAPATCH_EXCLUDE": "*.internal"}
     )
-    assert "kapatch.runtime" in enabled  # it did start
+    assert "kapatch.config" in enabled  # it did start (the runtime waits for a network import)
     added = {
         name for name in enabled - disabled if name != "_kapatch_gate" and not name.startswith("kapatch")
     }
@@ -170,6 +172,92 @@ def test_a_start_without_rules_or_claims_loads_neither():
     loaded = set(done.stdout.split())
     assert "kapatch.adapters.socket" in loaded  # it did start, and hooked socket
     assert not {"kapatch.rules", "kapatch._memo", "contextvars", "kapatch.adapters.inbound"} & loaded
+
+
+def test_the_runtime_waits_for_the_first_import_an_adapter_needs():
+    """At start the configuration is read and validated; the runtime (connect path, adapters'
+    interface, _socket) loads with the first trigger module, here socket, before it can connect."""
+    code = textwrap.dedent(
+        """
+        import sys
+        before = sorted(m for m in ("kapatch.config", "kapatch.runtime", "_socket") if m in sys.modules)
+        import socket
+        hooked = [name for name in ("connect", "connect_ex") if name in vars(socket.socket)]
+        print(before, "kapatch.runtime" in sys.modules, hooked)
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "['kapatch.config'] True ['connect', 'connect_ex']"
+
+
+def test_a_bad_setting_is_reported_at_start_though_the_runtime_waits():
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; print('kapatch.runtime' in sys.modules)"],
+        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "soon"}, cwd="/", capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert "KAPATCH_IDLE" in done.stderr and "WITHOUT kapatch" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", "pass"],
+        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "soon", "KAPATCH_ON_ERROR": "raise"}, cwd="/",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 78, done.stderr
+
+
+def test_what_asks_for_the_runtime_finds_kapatch_installed_once():
+    """status(), import kapatch.auto, a fork: each sees the start's configuration installed,
+    and nothing installs it twice."""
+    code = textwrap.dedent(
+        """
+        import os, sys
+        import kapatch.auto  # finds the start's configuration: installs nothing more
+        assert "kapatch.runtime" not in sys.modules
+        pid = os.fork()
+        if pid == 0:  # the child imports socket: installed there, hook included
+            import socket
+            os._exit(0 if "connect" in vars(socket.socket) else 3)
+        _, status = os.waitpid(pid, 0)
+        import kapatch
+        from kapatch import runtime
+        generation = runtime.context().generation
+        print(os.waitstatus_to_exitcode(status), kapatch.status().installed, kapatch.status().config.profile)
+        import socket
+        print(runtime.context().generation == generation, "connect" in vars(socket.socket))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_PROFILE": "aws"}, cwd="/", capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["0 True aws", "True True"]
+
+
+def test_a_third_party_adapter_installs_the_runtime_at_start():
+    """Third parties' adapters are enabled at install: no waiting when one is selected."""
+    from kapatch import _registry
+    from kapatch.config import Config
+
+    assert _registry.start_triggers(Config(enabled=False)) == ()
+    assert "socket" in (_registry.start_triggers(Config()) or ())
+    assert "inbound" not in str(_registry.start_triggers(Config()))
+    original = _registry._found
+    try:
+        _registry._found = {**_registry.adapter_entry_points(), "thirdparty": "somewhere:Adapter"}
+        assert _registry.start_triggers(Config()) is None
+        assert _registry.start_triggers(Config(disabled_adapters=frozenset({"thirdparty"}))) is not None
+    finally:
+        _registry._found = original
 
 
 def test_the_connect_hook_goes_on_when_socket_is_first_imported():
@@ -205,7 +293,7 @@ def test_enabled_start_loads_no_adapter_module():
     Nor do sockopts (plans, platforms: needed at the first decision) and importlib.
     """
     enabled = _modules_at_start({"KAPATCH_ENABLED": "1", "KAPATCH_INBOUND": "1"})
-    assert "kapatch.runtime" in enabled
+    assert "kapatch.config" in enabled
     assert not {"kapatch.sockopts", "kapatch._platforms", "kapatch._plan"} & enabled
     loaded = sorted(n for n in enabled if n.startswith("kapatch.adapters.") and n != "kapatch.adapters._base")
     assert loaded == []

@@ -159,7 +159,7 @@ STRICT_SUITE = """
 import socket, sys
 
 def test_kapatch_booted_and_the_plugin_serves(assert_keepalive):
-    assert "kapatch.runtime" in sys.modules  # installed at interpreter start, before pytest
+    assert "kapatch.config" in sys.modules  # read at interpreter start, before pytest
     import kapatch
     assert kapatch.status().installed
     assert callable(assert_keepalive)
