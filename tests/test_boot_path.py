@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -115,11 +116,7 @@ def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server)
         print(json.dumps({"before": before, "after": after}))
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    env["KAPATCH_ENABLED"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, timeout=60
-    )
+    done = _python(code, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["before"] == {"wrapt": False, "importlib.metadata": False, "kapatch.runtime": False}
@@ -133,10 +130,10 @@ def test_enabled_start_imports_neither_wrapt_nor_importlib_metadata(http_server)
 ALLOWED_AT_START = {"_socket", "errno", "__future__"}
 
 
-def _modules_at_start(environ: dict[str, str], program: str = "") -> set[str]:
-    code = f"import sys\nstart = set(sys.modules)\n{program}\nprint(' '.join(sorted(start)))"
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
+def _python(code: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter whose only KAPATCH_* variables are *environ*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPATCH_")}
+    return subprocess.run(
         [sys.executable, "-c", code],
         env={**env, **environ},
         cwd="/",
@@ -144,6 +141,11 @@ def _modules_at_start(environ: dict[str, str], program: str = "") -> set[str]:
         text=True,
         timeout=60,
     )
+
+
+def _modules_at_start(environ: dict[str, str], program: str = "") -> set[str]:
+    code = f"import sys\nstart = set(sys.modules)\n{program}\nprint(' '.join(sorted(start)))"
+    done = _python(code, **environ)
     assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 
@@ -163,11 +165,7 @@ def test_enabled_start_adds_only_kapatch_and_a_few_c_modules():
 def test_a_start_without_rules_or_claims_loads_neither():
     """Rules load with the first rule (or decision), contextvars with the first library claim,
     and an opt-in adapter left off is not loaded even when its trigger (socket) is imported."""
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", "import socket, sys; print(' '.join(sorted(sys.modules)))"],
-        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _python("import socket, sys; print(' '.join(sorted(sys.modules)))", KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     loaded = set(done.stdout.split())
     assert "kapatch.adapters.socket" in loaded  # it did start, and hooked socket
@@ -186,29 +184,16 @@ def test_the_runtime_waits_for_the_first_import_an_adapter_needs():
         print(before, "kapatch.runtime" in sys.modules, hooked)
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _python(code, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == "['kapatch.config'] True ['connect', 'connect_ex']"
 
 
 def test_a_bad_setting_is_reported_at_start_though_the_runtime_waits():
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; print('kapatch.runtime' in sys.modules)"],
-        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "soon"}, cwd="/", capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+    done = _python("pass", KAPATCH_ENABLED="1", KAPATCH_IDLE="soon")
     assert done.returncode == 0
     assert "KAPATCH_IDLE" in done.stderr and "WITHOUT kapatch" in done.stderr
-    done = subprocess.run(
-        [sys.executable, "-c", "pass"],
-        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_IDLE": "soon", "KAPATCH_ON_ERROR": "raise"}, cwd="/",
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _python("pass", KAPATCH_ENABLED="1", KAPATCH_IDLE="soon", KAPATCH_ON_ERROR="raise")
     assert done.returncode == 78, done.stderr
 
 
@@ -233,12 +218,7 @@ def test_what_asks_for_the_runtime_finds_kapatch_installed_once():
         print(runtime.context().generation == generation, "connect" in vars(socket.socket))
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "KAPATCH_ENABLED": "1", "KAPATCH_PROFILE": "aws"}, cwd="/", capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+    done = _python(code, KAPATCH_ENABLED="1", KAPATCH_PROFILE="aws")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["0 True aws", "True True"]
 
@@ -274,11 +254,7 @@ def test_the_connect_hook_goes_on_when_socket_is_first_imported():
         print(kapatch.status().adapter("socket").reason)
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _python(code, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "waiting for import of socket",
@@ -328,10 +304,6 @@ def test_an_adapter_loads_when_its_library_is_imported():
         print(kapatch.status().adapter("redis").reason)
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KAPATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "KAPATCH_ENABLED": "1"}, cwd="/", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = _python(code, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["False", "True", "patched"]
