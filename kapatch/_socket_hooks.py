@@ -88,12 +88,18 @@ class _Hook:
 
             return listen
 
+        on_connect = listener.on_connect  # bound once: this runs for every connection
+        socket_class = _socket.socket
+
         @functools.wraps(original)
-        def connect(sock: Any, *args: Any, **kwargs: Any) -> Any:
-            # Only a well-formed call is seen; anything else is the stdlib's to reject.
-            if state.active and len(args) == 1 and not kwargs and isinstance(sock, _socket.socket):
-                listener.on_connect(sock, args[0])
-            return original(sock, *args, **kwargs)
+        def connect(sock: Any, address: Any = _MISSING, /, *args: Any, **kwargs: Any) -> Any:
+            # The one-address call goes straight through (no argument tuple to build); anything
+            # else is the stdlib's to reject, with its own message, and is not seen.
+            if args or kwargs or address is _MISSING:
+                return original(sock, *(() if address is _MISSING else (address,)), *args, **kwargs)
+            if state.active and isinstance(sock, socket_class):
+                on_connect(sock, address)
+            return original(sock, address)
 
         return connect
 

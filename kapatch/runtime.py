@@ -438,7 +438,7 @@ class _Runtime:
         self._count(adapter, "uncovered")
 
     # -- the shared hooks on socket.socket, and the paths that connect elsewhere ---
-    def on_connect(  # noqa: PLR0911, PLR0912 - the hot path, written out in one function on purpose
+    def on_connect(  # noqa: PLR0911, PLR0912, PLR0915 - the hot path, written out in one function on purpose
         self, sock: socket.socket, address: Any, *, default_adapter: str = "socket"
     ) -> None:
         """A TCP socket is about to connect to *address* (or has just, where a path connects in C).
@@ -492,17 +492,22 @@ class _Runtime:
                         _LEDGER[fd] = (_weakref(sock), note)
                     except TypeError:  # a bare _socket.socket takes no weak reference
                         _LEDGER[fd] = (None, note)
+                write = sock.setsockopt  # looked up once, not per option
                 try:
                     for level, option, value in ops:
-                        sock.setsockopt(level, option, value)
+                        write(level, option, value)
                 except OSError:  # the general path says which option, and why (or: closed)
                     self._carry_out(sock, default_adapter, found)
                     return
-                with self._stats_lock:
+                lock = self._stats_lock
+                lock.acquire()  # not `with`: its __enter__/__exit__ calls cost ~1k instructions here
+                try:
                     counts[counter] += 1
                     if decision.kept:
                         for name in decision.kept:
                             kept[name] = kept.get(name, 0) + 1
+                finally:
+                    lock.release()
                 return
             if found is not None:
                 self._carry_out(sock, default_adapter, found)
