@@ -36,9 +36,7 @@ def read_env(environ: Mapping[str, str], adapter_names: Iterable[str]) -> Layer:
     if not (hasattr(given, "keys") and hasattr(given, "__getitem__")) or isinstance(given, str):
         raise ConfigError("environ", environ, "a mapping of variable names to strings, like os.environ")
     known: dict[str, tuple[str | None, str]] = {env_name(key): (None, key) for key in GLOBAL_SETTINGS}
-    for adapter in adapter_names:
-        for key in ADAPTER_FIELDS:
-            known[env_name(key, adapter)] = (adapter, key)
+    with_adapters = False  # per-adapter names (~160) are made only when a variable is not global
     for variable in sorted(environ, key=_sort_key):
         if not isinstance(variable, str):  # os.environ has only str; a test mapping may not
             raise ConfigError("environ", variable, "variable names are strings, like os.environ's")
@@ -49,6 +47,11 @@ def read_env(environ: Mapping[str, str], adapter_names: Iterable[str]) -> Layer:
             raise ConfigError(variable, raw, "a string, as os.environ holds")
         if raw.strip() == "":
             continue
+        if variable not in known and not with_adapters:
+            with_adapters = True
+            for adapter in adapter_names:
+                for key in ADAPTER_FIELDS:
+                    known[env_name(key, adapter)] = (adapter, key)
         if variable not in known:
             raise ConfigError(
                 variable,
