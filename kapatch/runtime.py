@@ -97,7 +97,6 @@ class _Runtime:
             if config.enabled:
                 generation = self.generation
                 for name, target in adapter_entry_points().items():
-                    self._configs[name] = config.for_adapter(name)
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
                     self.kept.pop(name, None)
                     self.pool_counts.pop(name, None)
@@ -249,7 +248,7 @@ class _Runtime:
             self.load_pending()
             entries = []
             for name, target in adapter_entry_points().items():
-                adapter_config = self._configs.get(name) or self.config.for_adapter(name)
+                adapter_config = self.config_for(name)
                 adapter = self._enabled.get(name)
                 version = adapter.installed_version() if adapter else _version_for(target)
                 entries.append(
@@ -274,9 +273,11 @@ class _Runtime:
     # -- the AdapterContext the adapters call --------------------------------
     def config_for(self, adapter: str) -> AdapterConfig:
         found = self._configs.get(adapter)
-        if found is None:
-            config = self.config or Config()
-            found = config.for_adapter(adapter)
+        if found is None:  # made on first use: an install does not build one per known adapter
+            config = self.config
+            found = (config or Config()).for_adapter(adapter)
+            if config is not None:
+                self._configs[adapter] = found
         return found
 
     def decide(self, adapter: str, destination: Destination, *, chosen: frozenset[str]) -> Decision:
@@ -585,9 +586,9 @@ class _Runtime:
         field; when only a profile did, a notice (doctor and status say it either way): the
         profile cannot know which libraries the program uses.
         """
-        adapter_config = self._configs.get(adapter.name)
-        if adapter_config is None:
+        if self.config is None:
             return
+        adapter_config = self.config_for(adapter.name)
         gaps = uncarried_fields(adapter, adapter_config.policy)
         if not gaps:
             return
