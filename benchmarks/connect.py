@@ -25,25 +25,38 @@ ROUNDS, PER_ROUND = 21, 300
 
 
 # Accepts and closes until stdin closes (the benchmark ends) or 120 s pass: bounded either way.
+# One listening port per round: every connection closed leaves a TIME_WAIT entry for 60 s,
+# and tens of thousands towards one port exhaust the local ports for that destination, after
+# which each connect() searches for a reusable one: its cost then grows through the run and
+# swamps what is measured. A fresh destination per round keeps every round on fresh ports.
 _SERVER = """
 import select, socket, sys, time
-server = socket.create_server(("127.0.0.1", 0), backlog=1024)
-print(server.getsockname()[1], flush=True)
+servers = [socket.create_server(("127.0.0.1", 0), backlog=1024) for _ in range(int(sys.argv[1]))]
+print(*(server.getsockname()[1] for server in servers), flush=True)
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline:
-    ready, _, _ = select.select([server, sys.stdin], [], [], 1)
+    ready, _, _ = select.select([*servers, sys.stdin], [], [], 1)
     if sys.stdin in ready:
         break
-    if server in ready:
+    for server in ready:
         server.accept()[0].close()
 """
 
 
+def start_server(ports: int) -> tuple[subprocess.Popen[bytes], list[tuple[str, int]]]:
+    """The accepting child and its addresses (one per round)."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert server.stdout is not None
+    return server, [("127.0.0.1", int(port)) for port in server.stdout.readline().split()]
+
+
 def measure() -> dict[str, float]:
     """Seconds per connection (fastest round) of each variant, and of the hook's own work."""
-    server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert server.stdout is not None and server.stdin is not None
-    address = ("127.0.0.1", int(server.stdout.readline()))
+    server, addresses = start_server(ROUNDS)
+    assert server.stdin is not None
+    address = addresses[0]
 
     def plain() -> None:
         sock = socket.socket()
@@ -79,6 +92,7 @@ def measure() -> dict[str, float]:
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(ROUNDS):
+        address = addresses[round_index]  # the variants' closures read it: a fresh port per round
         for name, (run, mode) in rotated(variants.items(), round_index):
             if mode is not None:
                 kapatch.install(profile="balanced", mode=mode)
