@@ -134,8 +134,9 @@ def complete_deferred() -> None:
         with _lock:
             if not _deferred:
                 return
-            runtime.install_config(_deferred[0])
-            _deferred.clear()
+            # Taken off first: installing loads adapters, whose imports may fire another trigger.
+            config = _deferred.pop()
+            runtime.install_config(config)
     except Exception as error:  # an import hook must not break the program's import
         _deferred.clear()
         _log.warning("kapatch: activation failed: %r; this process runs WITHOUT kapatch", error)

@@ -223,6 +223,29 @@ def test_what_asks_for_the_runtime_finds_kapatch_installed_once():
     assert done.stdout.splitlines() == ["0 True aws", "True True"]
 
 
+def test_a_trigger_fired_while_installing_does_not_install_again(monkeypatch):
+    """Installing loads adapters, whose imports could fire another trigger mid-install."""
+    from kapatch import _bootstrap, runtime
+    from kapatch.config import load_config
+
+    installs = []
+    real = runtime.install_config
+
+    def install_config(config):
+        installs.append(config)
+        _bootstrap.complete_deferred()  # as a trigger module imported mid-install would
+        real(config)
+
+    monkeypatch.setattr(runtime, "install_config", install_config)
+    monkeypatch.setattr(_bootstrap, "_deferred", [load_config(environ={})])
+    try:
+        _bootstrap.complete_deferred()
+        assert len(installs) == 1
+        assert runtime.current_config() is not None
+    finally:
+        runtime.uninstall()
+
+
 def test_a_third_party_adapter_installs_the_runtime_at_start():
     """Third parties' adapters are enabled at install: no waiting when one is selected."""
     from kapatch import _registry
