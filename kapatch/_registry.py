@@ -12,21 +12,20 @@ from ._dist_info import entry_points
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from .config import Config
 
 __all__ = [
     "BUILTIN_ADAPTERS",
     "ENTRY_POINT_GROUP",
     "LAZY_ADAPTERS",
+    "LEFT_OFF",
+    "NOT_SELECTED",
     "OPT_IN_ADAPTERS",
     "adapter_entry_points",
     "adapter_names",
     "clear_cache",
-    "left_off",
+    "load_when",
     "start_triggers",
-    "trigger_modules",
 ]
 
 ENTRY_POINT_GROUP = "kapatch.adapters"
@@ -117,30 +116,37 @@ def adapter_names() -> tuple[str, ...]:
     return tuple(adapter_entry_points())
 
 
-def trigger_modules(name: str, target: str) -> tuple[str, ...] | None:
-    """The modules whose first import loads adapter *name*; ``None`` for a third party's class
-    (or a built-in name taken over by one), which is loaded at install."""
+NOT_SELECTED = "not selected by the configuration"
+LEFT_OFF = "left off"  # an opt-in adapter the configuration did not turn on
+
+
+def load_when(name: str, target: str, config: Config) -> tuple[str, ...] | str | None:
+    """When adapter *name* (class *target*) loads under *config*: the one place that says so.
+
+    The modules whose first import loads it (a built-in); ``None``: at install (a third
+    party's class, or a built-in name one took over); ``NOT_SELECTED`` or ``LEFT_OFF``: never.
+    The runtime's install and the deferred start (:func:`start_triggers`) both ask here.
+    """
+    if not config.wants_adapter(name):
+        return NOT_SELECTED
     lazy = LAZY_ADAPTERS.get(name)
-    return lazy[1] if lazy is not None and lazy[0] == target else None
-
-
-def left_off(name: str, opted_in: Iterable[str]) -> bool:
-    """Whether *name* is an opt-in adapter the configuration did not turn on."""
-    return name in OPT_IN_ADAPTERS and name not in opted_in
+    if lazy is None or lazy[0] != target:
+        return None
+    if name in OPT_IN_ADAPTERS and name not in config.opted_in:
+        return LEFT_OFF
+    return lazy[1]
 
 
 def start_triggers(config: Config) -> tuple[str, ...] | None:
     """The modules whose first import needs the runtime installed with *config*, or ``None``
     when it must be installed at once (a third party's adapter is enabled at install)."""
-    found: set[str] = set()
     if not config.enabled:
         return ()
+    found: set[str] = set()
     for name, target in adapter_entry_points().items():
-        if not config.wants_adapter(name):
-            continue
-        triggers = trigger_modules(name, target)
-        if triggers is None:
+        when = load_when(name, target, config)
+        if when is None:
             return None
-        if not left_off(name, config.opted_in):
-            found.update(triggers)
+        if not isinstance(when, str):
+            found.update(when)
     return tuple(sorted(found))

@@ -18,7 +18,7 @@ import sys
 
 from . import _ledger, _log
 from ._import_hooks import HOOKS
-from ._registry import adapter_entry_points, left_off, trigger_modules
+from ._registry import LEFT_OFF, adapter_entry_points, load_when
 from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
 from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
 from ._tcp import not_tcp_reason
@@ -100,15 +100,12 @@ class _Runtime:
                     self.counts[name] = dict.fromkeys(COUNTERS, 0)
                     self.kept.pop(name, None)
                     self.pool_counts.pop(name, None)
-                    if not config.wants_adapter(name):
-                        self.reasons[name] = "not selected by the configuration"
-                        continue
-                    triggers = trigger_modules(name, target)
+                    triggers = load_when(name, target, config)
                     if triggers is None:
                         self._enable(name, target)  # a third party's: its modules are known once loaded
                         continue
-                    if left_off(name, config.opted_in):
-                        self.reasons[name] = _off_unless_turned_on(name)  # not even loaded
+                    if isinstance(triggers, str):  # never loaded: not selected, or opt-in and left off
+                        self.reasons[name] = _off_unless_turned_on(name) if triggers == LEFT_OFF else triggers
                         continue
                     # A built-in: loaded (with its library's version check) when one of its
                     # modules is first imported, or when someone asks (status, audit).

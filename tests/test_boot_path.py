@@ -253,7 +253,9 @@ def test_a_third_party_adapter_installs_the_runtime_at_start():
 
     assert _registry.start_triggers(Config(enabled=False)) == ()
     assert "socket" in (_registry.start_triggers(Config()) or ())
-    assert "inbound" not in str(_registry.start_triggers(Config()))
+    inbound = _registry.LAZY_ADAPTERS["inbound"][0]
+    assert _registry.load_when("inbound", inbound, Config()) == _registry.LEFT_OFF
+    assert _registry.load_when("inbound", inbound, Config(opted_in=frozenset({"inbound"}))) == ("socket",)
     original = _registry._found
     try:
         _registry._found = {**_registry.adapter_entry_points(), "thirdparty": "somewhere:Adapter"}
