@@ -69,11 +69,14 @@ def gate_open(environ: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in _OFF_WORDS
 
 
-def activate(environ: Mapping[str, str] | None = None) -> tuple[Config, bool]:
+def activate(environ: Mapping[str, str] | None = None, *, defer: bool = False) -> tuple[Config, bool]:
     """Install from environment + config file unless installed already; raises ConfigError.
 
-    Returns the configuration in force and whether this call installed it.
+    With *defer* (interpreter start), the configuration is read and validated now and the
+    runtime installed when the program first imports a module an adapter waits for (or the
+    runtime itself). Returns the configuration in force and whether this call installed it.
     """
+    from ._registry import start_triggers
     from .config import load_config
 
     with _lock:
@@ -81,10 +84,18 @@ def activate(environ: Mapping[str, str] | None = None) -> tuple[Config, bool]:
         if current is not None:
             return current, False
         config = load_config(environ=environ)
-        from . import runtime
+        triggers = start_triggers(config) if defer else None
+        if triggers is None:  # asked for now, or a third party's adapter (enabled at install)
+            from . import runtime
 
-        runtime.install_config(config)
-        return config, True
+            runtime.install_config(config)
+            return config, True
+        _deferred.append(config)
+    from ._import_hooks import HOOKS
+
+    for name in triggers:  # an imported one calls back at once
+        HOOKS.when_imported(name, _on_trigger)
+    return config, True
 
 
 def _installed_config() -> Config | None:
@@ -93,27 +104,6 @@ def _installed_config() -> Config | None:
         return _deferred[0]
     runtime = sys.modules.get("kapatch.runtime")
     return None if runtime is None else runtime.current_config()
-
-
-def _start() -> None:
-    """Read and validate the configuration now; install when the program first needs it."""
-    from ._import_hooks import HOOKS
-    from ._registry import start_triggers
-    from .config import load_config
-
-    with _lock:
-        if _installed_config() is not None:
-            return
-        config = load_config()
-        triggers = start_triggers(config)
-        if triggers is None:  # a third party's adapter: enabled at install, so install now
-            from . import runtime
-
-            runtime.install_config(config)
-            return
-        _deferred.append(config)
-    for name in triggers:  # an imported one calls back at once
-        HOOKS.when_imported(name, _on_trigger)
 
 
 def _on_trigger(_: object) -> None:
@@ -154,7 +144,7 @@ if hasattr(os, "register_at_fork"):
 def start() -> None:
     """Interpreter start (via ``_kapatch_gate``): never raises; exits 78 only when asked to."""
     try:
-        _start()
+        activate(defer=True)
     except Exception as error:
         _report(error, at_startup=True)
     if os.environ.get("KAPATCH__AUDIT"):  # kapatch run --audit
