@@ -50,15 +50,32 @@ class Patcher:
         handling, so a closure with the same ``(wrapped, instance, args, kwargs)`` call
         does; the original is kept as ``__wrapped__`` and restored exactly.
         """
+
+        def build(original: Callable[..., Any]) -> Callable[..., Any]:
+            def patched(*args: Any, **kwargs: Any) -> Any:
+                return wrapper(original, None, args, kwargs)
+
+            return patched
+
+        self.replace_function(owner, name, build)
+
+    def replace_function(
+        self, owner: object, name: str, build: Callable[[Callable[..., Any]], Callable[..., Any]]
+    ) -> None:
+        """Put ``build(original)`` in place of the function ``owner.name``; idempotent.
+
+        For hooks on a path that runs per request, where even :meth:`wrap_function`'s
+        argument tuple and dict count: *build* can return a closure with the original's
+        own parameters. It must accept every call the original accepts. The replacement
+        gets the original's names (so a wrong call's ``TypeError`` reads the same) and
+        ``__wrapped__``; :meth:`restore` puts back the exact original object.
+        """
         with self._lock:
             if any(o is owner and n == name for o, n, _ in self._saved):
                 return
             saved = vars(owner).get(name, _MISSING)
             original = getattr(owner, name)
-
-            def patched(*args: Any, **kwargs: Any) -> Any:
-                return wrapper(original, None, args, kwargs)
-
+            patched = build(original)
             for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
                 if hasattr(original, attribute):
                     setattr(patched, attribute, getattr(original, attribute))

@@ -351,6 +351,70 @@ def test_max_idle_asyncio(install, redis_server):
     assert pool()["evicted"] == 1
 
 
+@pytest.mark.parametrize("module", [redis.connection, redis.asyncio.connection], ids=["sync", "asyncio"])
+def test_max_idle_hooks_take_redis_pys_own_parameters(install, redis_server, module):
+    """The per-command hooks are closures with redis-py's parameters (no *args/**kwargs to
+    build and spread), and a wrong call fails with redis-py's own message."""
+    install(max_idle="1h")
+    for owner, name, parameters in (
+        (module.ConnectionPool, "release", ("pool", "connection")),
+        (module.BlockingConnectionPool, "release", ("pool", "connection")),
+        (module.AbstractConnection, "connect", ("connection",)),
+    ):
+        hook = vars(owner)[name]
+        assert hook.__wrapped__ is getattr(ORIGINALS[(owner, name)], "__func__", ORIGINALS[(owner, name)])
+        assert hook.__code__.co_varnames[: hook.__code__.co_argcount] == parameters
+        assert hook.__qualname__ == hook.__wrapped__.__qualname__
+    pool = module.ConnectionPool(host=redis_server.host, port=redis_server.port)
+    with pytest.raises(TypeError) as hooked:
+        pool.release()
+    kapatch.uninstall()
+    with pytest.raises(TypeError) as plain:
+        pool.release()
+    assert str(hooked.value) == str(plain.value)
+
+
+class _OtherPool:
+    """A pool whose release() has parameters kapatch does not know: the generic hook passes them."""
+
+    def release(self, connection: Any, *extra: Any, reason: str = "") -> None:
+        self.released = (connection, extra, reason)
+
+
+class _OtherConnection:
+    _sock = object()
+    connected: object = None
+    disconnected = False
+
+    def connect(self, timeout: float | None = None) -> None:
+        self.connected = timeout
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+
+def test_max_idle_on_unknown_parameters_passes_every_argument():
+    from types import SimpleNamespace
+
+    from kapatch.adapters._redis_pool import _SyncHooks
+
+    hooks = _SyncHooks(SimpleNamespace(name="redis", context=None))  # type: ignore[arg-type]
+    hooks.max_idle = 0.0  # any idle time is too long
+    release = hooks.release_hook(_OtherPool.release)
+    connect = hooks.connect_hook(_OtherConnection.connect)
+    assert release.__code__.co_flags & 0x0C and connect.__code__.co_flags & 0x0C  # the generic hooks
+    pool, connection = _OtherPool(), _OtherConnection()
+    connect(connection, timeout=3)  # never released: not evicted
+    assert (connection.connected, connection.disconnected) == (3, False)
+    release(pool, connection, "a", reason="b")
+    assert pool.released == (connection, ("a",), "b")
+    time.sleep(0.01)
+    connect(connection, 5)
+    assert (connection.connected, connection.disconnected) == (5, True)
+    with pytest.raises(TypeError):
+        connect()  # an unbound call: connect()'s own error
+
+
 # --------------------------------------------------------------------------- status and disable
 
 
