@@ -156,18 +156,19 @@ def chosen_mask(
     read, which indexes its per-mask decisions with it and so allocates nothing.
 
     The constants are default arguments: locals, not global lookups, once per connection.
+    ``sock.getsockopt`` is looked up at each call, not bound once: a bound METH_VARARGS
+    builtin has no vectorcall, and calls through it cost more than the lookup.
     """
-    read = sock.getsockopt
-    mask = 1 if read(_sol, _keepalive) else 0
+    mask = 1 if sock.getsockopt(_sol, _keepalive) else 0
     defaults = _DEFAULTS[0] if _DEFAULTS else _kernel_defaults()
     if defaults is not None:
-        if read(_tcp, _IDLE) != defaults[0]:
+        if sock.getsockopt(_tcp, _IDLE) != defaults[0]:
             mask |= 2
-        if read(_tcp, _INTERVAL) != defaults[1]:
+        if sock.getsockopt(_tcp, _INTERVAL) != defaults[1]:
             mask |= 4
-        if read(_tcp, _COUNT) != defaults[2]:
+        if sock.getsockopt(_tcp, _COUNT) != defaults[2]:
             mask |= 8
-    if _user is not None and read(_tcp, _user):
+    if _user is not None and sock.getsockopt(_tcp, _user):
         mask |= 16
     return mask
 

@@ -125,6 +125,32 @@ def test_install_is_thread_safe(listener):
     assert "connect" not in socket.socket.__dict__
 
 
+def test_counts_are_exact_under_threads():
+    """The connect path counts without a lock (a tally per counter): no count is lost when
+    threads switch as often as the interpreter lets them."""
+    from kapatch import runtime
+
+    kapatch.install(profile="fast-failover", mode="override")
+    hook = runtime.context().on_connect
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def worker() -> None:
+        for _ in range(500):
+            with socket.socket() as sock:
+                hook(sock, ("127.0.0.1", 9))
+
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert kapatch.status().adapter("socket").counts["configured"] == 2000
+
+
 def test_respect_mode_keeps_what_the_application_set_field_by_field(listener):
     kapatch.install(profile="fast-failover")
     with socket.socket() as sock:
