@@ -5,9 +5,11 @@
 Each variant runs in a child under ``valgrind --tool=callgrind`` twice, with two loop
 counts; the difference of the two totals over the difference of the counts is the cost
 of one iteration, with interpreter start and set-up cancelled out. Variants: the five
-``setsockopt`` calls written by hand, and kapatch's connect hook (the listener the
-``socket.socket.connect`` hook calls) on a fresh, unconnected socket per iteration, in
-respect mode (it reads the socket first) and override mode. Socket creation and close
+``setsockopt`` calls written by hand; the floor (``benchmarks.floor``: a hand-written hook
+that checks for TCP and writes) and the floor plus, one at a time, what kapatch keeps per
+connection; and kapatch's connect hook (the listener the ``socket.socket.connect`` hook
+calls), all on a fresh, unconnected socket per iteration, kapatch in respect mode (it
+reads the socket first) and override mode. ``ACCOUNT`` names the differences. Socket creation and close
 are in every variant alike, and cancel out in the "over hand-written" figure.
 """
 
@@ -40,6 +42,11 @@ elif variant == "hand_respect":
 elif variant == "bare":
     def run(sock):
         pass
+elif variant in ("floor_hook", "noted", "counted"):
+    from benchmarks import floor
+    hook = getattr(floor, variant)
+    def run(sock):
+        hook(sock, address)
 else:
     import kapatch
     from kapatch import runtime
@@ -54,8 +61,17 @@ for _ in range(count):
 """
 
 VARIANTS = {"bare": "socket() + close() only", "hand": "5 setsockopt by hand",
-            "hand_respect": "5 getsockopt + 5 setsockopt by hand", "respect": "kapatch hook, respect mode",
-            "override": "kapatch hook, override mode"}  # fmt: skip
+            "hand_respect": "5 getsockopt + 5 setsockopt by hand", "floor_hook": "floor: TCP check + writes",
+            "noted": "floor + the ledger's note", "counted": "floor + note + locked count",
+            "respect": "kapatch hook, respect mode", "override": "kapatch hook, override mode"}  # fmt: skip
+ACCOUNT = (
+    ("the five setsockopt calls, by hand", "bare", "hand"),
+    ("a hook's frame, the TCP check, the loop over the writes", "hand", "floor_hook"),
+    ("the ledger's note (fd -> weak reference, note)", "floor_hook", "noted"),
+    ("the count, under a lock", "noted", "counted"),
+    ("kapatch's decision lookup, claim check, error handling", "counted", "override"),
+)
+"""kapatch's override hook, instruction by instruction: (what, from variant, to variant)."""
 
 
 def _instructions(variant: str, count: int, work: str) -> int:
@@ -123,7 +139,16 @@ def main() -> None:
     bare = found["bare"]
     print(f"instructions per iteration (callgrind, {HIGH} - {LOW} iterations):")
     for name, label in VARIANTS.items():
-        print(f"  {label:30s} {found[name]:9.0f}   {found[name] - bare:8.0f} over socket() + close()")
+        print(f"  {label:36s} {found[name]:9.0f}   {found[name] - bare:8.0f} over socket() + close()")
+    print_account(found)
+
+
+def print_account(found: dict[str, float]) -> None:
+    """kapatch's override hook per connection, piece by piece (each a difference of two variants)."""
+    print("kapatch's hook (override), instruction by instruction (callgrind, per connection):")
+    for what, before, after in ACCOUNT:
+        print(f"  {what:58s} {found[after] - found[before]:+8.0f}")
+    print(f"  {'total, over socket() + close()':58s} {found['override'] - found['bare']:8.0f}")
     print("instructions per interpreter start (callgrind), kapatch disabled -> enabled:")
     for name, counts in measure_startup().items():
         added = counts["enabled"] - counts["disabled"]
