@@ -203,7 +203,7 @@ def _decision_cost(address: tuple[str, int]) -> dict[str, float]:
     hook = runtime.context().on_connect
     # Each variant is one call from the loop into a function, as the hook is one call from
     # socket.socket.connect: a lambda would add a frame to the hook's side only.
-    variants = {
+    variants: dict[str, Callable[[], None]] = {
         "5 setsockopt by hand": by_hand,
         FLOOR_WORK: functools.partial(floor.floor_hook, sock, address),
         "kapatch's connect hook": functools.partial(hook, sock, address),
