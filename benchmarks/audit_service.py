@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers import start_http_server, start_postgres, start_redis
+from servers import start_http_server, start_postgres, start_redis  # type: ignore[import-not-found]  # tests/, put on sys.path above
 
 SERVICE = """
 import sys, psycopg, redis, urllib3
