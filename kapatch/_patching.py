@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeAlias
 
-__all__ = ["Patcher"]
+__all__ = ["Patcher", "through"]
 
 _MISSING = object()
 
@@ -50,14 +50,7 @@ class Patcher:
         handling, so a closure with the same ``(wrapped, instance, args, kwargs)`` call
         does; the original is kept as ``__wrapped__`` and restored exactly.
         """
-
-        def build(original: Callable[..., Any]) -> Callable[..., Any]:
-            def patched(*args: Any, **kwargs: Any) -> Any:
-                return wrapper(original, None, args, kwargs)
-
-            return patched
-
-        self.replace_function(owner, name, build)
+        self.replace_function(owner, name, lambda original: through(wrapper, original))
 
     def replace_function(
         self, owner: object, name: str, build: Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -102,3 +95,14 @@ class Patcher:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+def through(wrapper: Wrapper, original: Callable[..., Any]) -> Callable[..., Any]:
+    """*original* called through *wrapper* (``wrapper(original, None, args, kwargs)``): the
+    function :meth:`Patcher.wrap_function` installs, for a :meth:`Patcher.replace_function`
+    builder that falls back to it."""
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        return wrapper(original, None, args, kwargs)
+
+    return patched

@@ -542,9 +542,7 @@ class _Runtime:
     def _hot_for(self, adapter: str) -> _Hot:
         """The connect hook's table for *adapter*, made on its first unclaimed connection."""
         with self._stats_lock:
-            counts = self.counts.get(adapter)
-            if counts is None:
-                counts = self.counts[adapter] = _tallies()
+            counts = self._tallies_of(adapter)
             kept = self.kept.setdefault(adapter, {})
         made: list[_Made | None] = [None] * len(_BY_MASK)
         found = (self.config_for(adapter).mode is not Mode.OVERRIDE, made, counts, kept)
@@ -564,10 +562,15 @@ class _Runtime:
     # -- bookkeeping ---------------------------------------------------------
     def _count(self, adapter: str, counter: str) -> None:
         with self._stats_lock:
-            counts = self.counts.get(adapter)
-            if counts is None:
-                counts = self.counts[adapter] = _tallies()
+            counts = self._tallies_of(adapter)
         next(counts[counter])
+
+    def _tallies_of(self, adapter: str) -> dict[str, _Tally]:
+        """*adapter*'s tallies, made on first use; the stats lock is held."""
+        counts = self.counts.get(adapter)
+        if counts is None:
+            counts = self.counts[adapter] = _tallies()
+        return counts
 
     def count_pool(self, adapter: str, event: str, n: int = 1) -> None:
         try:

@@ -34,6 +34,7 @@ import math
 import sys
 import time
 
+from .._patching import through
 from ..policy import Mode
 from ..rules import Destination
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from typing import Any
 
-    from .._patching import Wrapper
     from .redis import RedisAdapter
 
 __all__ = ["ASYNC", "CLIENTS", "SYNC", "patch_pool"]
@@ -202,14 +202,11 @@ class _Hooks:
     def release_hook(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """``pool.release(connection)``: stamp the time the pool took the connection back."""
         if not _takes_exactly(original, ("self", "connection")):
-            return _generic(self.release, original)
+            return through(self.release, original)
         monotonic = time.monotonic
 
         def release(pool: Any, connection: Any) -> Any:
-            try:  # noqa: SIM105 - contextlib.suppress is three calls more, at every hand-back
-                connection._kapatch_released = monotonic()
-            except Exception:  # a foreign connection object: never evicted
-                pass
+            _stamp(connection, monotonic())
             return original(pool, connection)
 
         return release
@@ -217,7 +214,7 @@ class _Hooks:
     def connect_hook(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """``connection.connect()``, which every pool calls on what it hands out: evict if idle too long."""
         if not _takes_exactly(original, ("self",)):
-            return _generic(self.connect, original)
+            return through(self.connect, original)
         hooks, monotonic = self, time.monotonic
 
         def connect(connection: Any) -> Any:
@@ -234,11 +231,7 @@ class _Hooks:
         self, wrapped: Callable[..., Any], _: None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """The generic ``release`` hook: args are (pool, connection)."""
-        connection: Any = args[1] if len(args) > 1 else kwargs.get("connection")
-        try:  # noqa: SIM105 - contextlib.suppress is three calls more, at every hand-back
-            connection._kapatch_released = time.monotonic()
-        except Exception:  # a foreign connection object: never evicted
-            pass
+        _stamp(args[1] if len(args) > 1 else kwargs.get("connection"), time.monotonic())
         return wrapped(*args, **kwargs)
 
     def connect(
@@ -253,6 +246,14 @@ class _Hooks:
     def evict_then(self, connection: Any, connect: Callable[[], Any]) -> Any:
         """Disconnect *connection*, idle longer than max_idle, then *connect* (redis-py's own)."""
         raise NotImplementedError
+
+
+def _stamp(connection: Any, now: float) -> None:
+    """Note when a pool took *connection* back (read by :func:`_take_stamp` at its next hand-out)."""
+    try:  # noqa: SIM105 - contextlib.suppress is three calls more, at every hand-back
+        connection._kapatch_released = now
+    except Exception:  # a foreign connection object: never evicted
+        pass
 
 
 def _take_stamp(connection: Any) -> float | None:
@@ -281,15 +282,6 @@ def _takes_exactly(function: Callable[..., Any], names: tuple[str, ...]) -> bool
 
 
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08  # inspect.CO_VARARGS/CO_VARKEYWORDS, without inspect
-
-
-def _generic(hook: Wrapper, original: Callable[..., Any]) -> Callable[..., Any]:
-    """*hook* as a :meth:`Patcher.wrap_function` wrapper around *original*."""
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        return hook(original, None, args, kwargs)
-
-    return patched
 
 
 def _parameter_names(cls: Any) -> list[str]:
