@@ -17,10 +17,9 @@ import itertools as _itertools
 import os
 import sys
 
-from . import _ledger, _log
+from . import _log
 from ._import_hooks import HOOKS
 from ._registry import LEFT_OFF, adapter_entry_points, load_when
-from ._respect import _BY_MASK, MASK_OF, NOTHING, TIMINGS, chosen_mask, chosen_on_socket, fields_written
 from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
 from ._tcp import not_tcp_reason
 from ._tcp import raw_family as _raw_family
@@ -33,7 +32,7 @@ TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers 
 if TYPE_CHECKING:
     import contextvars
     import socket
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from types import ModuleType
     from typing import Any, TypeAlias
 
@@ -49,10 +48,13 @@ if TYPE_CHECKING:
     # A decision as the connect hook uses it: (decision, its options or None, the ledger's
     # note, the counter it adds to).
     _Made: TypeAlias = tuple[Decision, _Ops | None, Note, str]
-    # Per adapter: (whether its sockets are read: respect mode, the decision per chosen mask
-    # or None until made, its counters, its kept-field counters).
+    # Per adapter: (its sockets' read, which returns the chosen fields' mask: respect mode,
+    # or None: override mode; the decision per chosen mask or None until made; its counters;
+    # its kept-field counters; the ledger's entries).
     _Tally: TypeAlias = _itertools.count[int]
-    _Hot: TypeAlias = tuple[bool, list[_Made | None], dict[str, _Tally], dict[str, int]]
+    _Hot: TypeAlias = tuple[
+        Callable[[Any], int] | None, list[_Made | None], dict[str, _Tally], dict[str, int], dict[int, Any]
+    ]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -298,6 +300,8 @@ class _Runtime:
             return Decision("skip", reason="policy disabled")
         if not chosen or adapter_config.mode is not Mode.RESPECT:
             return Decision("apply", policy)
+        from ._respect import fields_written  # loaded at the first decision, as below
+
         written = fields_written(policy)
         kept = chosen & written
         if not kept:
@@ -309,7 +313,7 @@ class _Runtime:
 
     def policy_for(self, adapter: str, destination: Destination) -> Decision:
         """What kapatch would decide for a connection nobody configured (not counted)."""
-        return self._decide(adapter, destination, NOTHING)
+        return self._decide(adapter, destination, _NOTHING)
 
     def configure_socket(
         self,
@@ -354,7 +358,9 @@ class _Runtime:
     def _carry_out(self, sock: socket.socket, adapter: str, made: _Made) -> Decision:
         """Note, write and count one connection's decision; raises only what the caller catches."""
         decision, ops, note, counter = made
-        _ledger.note_made(sock, note)  # for kapatch.audit
+        from ._ledger import note_made  # loaded at the first decision, as below
+
+        note_made(sock, note)  # for kapatch.audit
         if ops is not None:
             try:
                 for level, option, value in ops:
@@ -380,7 +386,9 @@ class _Runtime:
     def _chosen_on(self, sock: socket.socket, adapter: str) -> frozenset[str] | None:
         """What the socket says was chosen (nothing to read in override mode); ``None``: unreadable."""
         if self.config_for(adapter).mode is Mode.OVERRIDE:
-            return NOTHING  # every field is written
+            return _NOTHING  # every field is written
+        from ._respect import chosen_on_socket
+
         try:
             return chosen_on_socket(sock)
         except OSError:
@@ -393,6 +401,8 @@ class _Runtime:
         counter = _COUNTER_FOR[decision.action]
         found = (decision, ops, (adapter, decision.action, decision.kept), counter)
         if self._no_rule_for(adapter):
+            from ._respect import MASK_OF
+
             self._fast[(adapter, chosen)] = found
             hot = self._hot.get(adapter)
             mask = MASK_OF.get(chosen)
@@ -471,13 +481,13 @@ class _Runtime:
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
             return
-        reads, made, counts, kept = hot
+        read, made, counts, kept, ledger = hot
         try:
-            if not reads:
+            if read is None:
                 mask = 0  # override mode: every field is written, nothing to read
             else:
                 try:
-                    mask = chosen_mask(sock)
+                    mask = read(sock)
                 except OSError:
                     # Closed, or not really TCP (fromfd of a UDP socket): the application's
                     # own call is about to fail or does not need keepalive. Nothing to say.
@@ -490,9 +500,9 @@ class _Runtime:
                 fd = sock.fileno()
                 if fd >= 0:  # the ledger's note (kapatch.audit), as _ledger.note_made makes it
                     try:
-                        _LEDGER[fd] = (_weakref(sock), note)
+                        ledger[fd] = (_weakref(sock), note)
                     except TypeError:  # a bare _socket.socket takes no weak reference
-                        _LEDGER[fd] = (None, note)
+                        ledger[fd] = (None, note)
                 try:
                     # sock.setsockopt each time, not bound once: a bound METH_VARARGS builtin has
                     # no vectorcall, so each call through it builds its tuple the slow way (+680
@@ -516,7 +526,7 @@ class _Runtime:
             return
         try:
             host, port = _host_port(address)
-            self._configure(sock, default_adapter, _BY_MASK[mask], host=host, address=host, port=port)
+            self._configure(sock, default_adapter, _chosen_of(mask), host=host, address=host, port=port)
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
 
@@ -540,12 +550,21 @@ class _Runtime:
         owner.decisions.append(decision)
 
     def _hot_for(self, adapter: str) -> _Hot:
-        """The connect hook's table for *adapter*, made on its first unclaimed connection."""
+        """The connect hook's table for *adapter*, made on its first unclaimed connection.
+
+        The socket read (``_respect``) and the ledger load here, at the first connection, not
+        at interpreter start (~1.4M instructions there): a program that never connects never
+        needs them.
+        """
+        from . import _ledger
+        from ._respect import _BY_MASK, chosen_mask
+
         with self._stats_lock:
             counts = self._tallies_of(adapter)
             kept = self.kept.setdefault(adapter, {})
         made: list[_Made | None] = [None] * len(_BY_MASK)
-        found = (self.config_for(adapter).mode is not Mode.OVERRIDE, made, counts, kept)
+        read = None if self.config_for(adapter).mode is Mode.OVERRIDE else chosen_mask
+        found = (read, made, counts, kept, _ledger._ENTRIES)
         self._hot[adapter] = found
         return found
 
@@ -632,6 +651,7 @@ class _Runtime:
 
 
 _COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"}
+_NOTHING: frozenset[str] = frozenset()
 _POOL_MECHANISMS = (("heartbeat", "heartbeat_mechanism"), ("max_idle", "max_idle_mechanism"))
 
 
@@ -683,7 +703,6 @@ def _read_tallies(tallies: dict[str, _Tally] | None) -> dict[str, int]:
     return {name: int(repr(tally)[6:-1]) for name, tally in tallies.items()}
 
 
-_LEDGER = _ledger._ENTRIES
 _STREAM = _socket.SOCK_STREAM
 
 
@@ -711,6 +730,8 @@ def _simple_ops(decision: Decision) -> _Ops | None:
     policy = decision.policy
     if decision.action != "apply" or policy is None:
         return ()
+    from ._respect import TIMINGS
+
     if policy.user_timeout == "auto" and decision.kept & TIMINGS and "user_timeout" not in decision.kept:
         return None
     plan = compile_plan(policy, kept=decision.kept)
@@ -749,6 +770,13 @@ def _first_match(rules: tuple[Rule, ...], adapter: str, destination: Destination
     from .rules import first_match
 
     return first_match(rules, adapter, destination)
+
+
+def _chosen_of(mask: int) -> frozenset[str]:
+    """The chosen fields of a socket-read mask (``_respect`` loads at the first decision)."""
+    from ._respect import _BY_MASK
+
+    return _BY_MASK[mask]
 
 
 def _host_port(address: Any) -> tuple[str | None, int | None]:

@@ -164,12 +164,22 @@ def test_enabled_start_adds_only_kapatch_and_a_few_c_modules():
 
 def test_a_start_without_rules_or_claims_loads_neither():
     """Rules load with the first rule (or decision), contextvars with the first library claim,
-    and an opt-in adapter left off is not loaded even when its trigger (socket) is imported."""
-    done = _python("import socket, sys; print(' '.join(sorted(sys.modules)))", KAPATCH_ENABLED="1")
+    the socket read and the ledger with the first connection, and an opt-in adapter left off
+    is not loaded even when its trigger (socket) is imported."""
+    program = (
+        "import socket, sys; print(' '.join(sorted(sys.modules)))\n"
+        "with socket.create_server(('127.0.0.1', 0)) as server:\n"
+        "    socket.create_connection(server.getsockname()).close()\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = _python(program, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
-    loaded = set(done.stdout.split())
-    assert "kapatch.adapters.socket" in loaded  # it did start, and hooked socket
-    assert not {"kapatch.rules", "kapatch._memo", "contextvars", "kapatch.adapters.inbound"} & loaded
+    at_start, after_a_connection = (set(line.split()) for line in done.stdout.splitlines())
+    assert "kapatch.adapters.socket" in at_start  # it did start, and hooked socket
+    first_connection = {"kapatch._respect", "kapatch._ledger"}
+    assert not {"kapatch.rules", "kapatch._memo", "contextvars", "kapatch.adapters.inbound"} & at_start
+    assert not first_connection & at_start
+    assert first_connection <= after_a_connection
 
 
 def test_the_runtime_waits_for_the_first_import_an_adapter_needs():
