@@ -28,32 +28,34 @@ def _row(target: str, figure: str, ratio: float | None, limit: str, met: bool) -
 
 def run(startup_runs: int, with_callgrind: bool) -> dict[str, object]:
     rows = []
-    found = connect.measure()
-    hand = found["hand-written setsockopt"]
-    for mode in ("override", "respect"):
-        ratio = found[f"kapatch, {mode} mode"] / hand
-        figure = (f"{found[f'kapatch, {mode} mode'] * 1e6:.2f} vs {hand * 1e6:.2f} us per "
-                  f"socket()+connect()+close()")  # fmt: skip
-        rows.append(_row(f"1. loopback connect, kapatch ({mode}) vs the same options by hand",
-                         figure, ratio, "<= 1.05", ratio <= 1.05))  # fmt: skip
-    # Respect mode must read the socket (five getsockopt calls) before it writes: against the
-    # writes alone it cannot reach 1.05; against the same reads and writes by hand it must.
-    hand_respect, respect = found["hand-written read + write"], found["kapatch, respect mode"]
-    ratio = respect / hand_respect
-    figure = f"{respect * 1e6:.2f} vs {hand_respect * 1e6:.2f} us per socket()+connect()+close()"
-    rows.append(_row("1. loopback connect, kapatch (respect) vs the same reads and writes by hand",
-                     figure, ratio, "<= 1.05", ratio <= 1.05))  # fmt: skip
-    # The floor: a hand-written hook that only checks for TCP and writes (benchmarks.floor). What it
-    # costs over the writes by hand bounds any hook that needs no change to the application's code.
-    floor_connect = found[connect.FLOOR]
-    ratio = floor_connect / hand
-    figure = f"{floor_connect * 1e6:.2f} vs {hand * 1e6:.2f} us per socket()+connect()+close()"
-    rows.append(_row("   bound: the floor (a minimal Python hook) vs the same options by hand", figure, ratio,
-                     "(bound)", True))  # fmt: skip
-    ratio = found["kapatch, override mode"] / floor_connect
-    figure = f"{found['kapatch, override mode'] * 1e6:.2f} vs {floor_connect * 1e6:.2f} us"
-    rows.append(_row("   kapatch (override) vs the floor: deciding, noting, counting", figure, ratio,
-                     "<= 1.05", ratio <= 1.05))  # fmt: skip
+    found, paired = connect.measure()
+    # Target 1 is judged on paired ratios (benchmarks._harness.paired_ratio): the variants of a
+    # round ran back to back, and the median over rounds leaves out the rounds a stall hit.
+    # The ratio of the fastest rounds is printed beside it. For override vs by hand, runs of the
+    # same code here gave 0.993 to 1.123 as that ratio (four runs, 21 rounds of 300) and 1.023 to
+    # 1.054 as the paired median (three runs, 101 rounds of 200): each process's own memory
+    # layout still moves it a little, and no number of rounds within one run averages that out.
+    connect_row = "1. loopback connect, kapatch"
+    judged = (
+        # (pair, label, limit): respect mode must read the socket (five getsockopt calls) before it
+        # writes, so against the writes alone it cannot reach 1.05; against the same reads and
+        # writes by hand it must. The floor, a hand-written hook that only checks for TCP and
+        # writes (benchmarks.floor), bounds any hook that needs no change to the application.
+        ("override / by hand", f"{connect_row} (override) vs the same options by hand", "<= 1.05"),
+        ("respect / by hand", f"{connect_row} (respect) vs the same options by hand", "<= 1.05"),
+        ("respect / read + write by hand", f"{connect_row} (respect) vs the same reads and writes by hand",
+         "<= 1.05"),
+        ("floor / by hand", "   bound: the floor (a minimal Python hook) vs the same options by hand",
+         "(bound)"),
+        ("override / floor", "   kapatch (override) vs the floor: deciding, noting, counting", "<= 1.05"),
+    )  # fmt: skip
+    for pair, label, limit in judged:
+        name, baseline = connect.PAIRS[pair]
+        ratio = paired[pair]
+        figure = (f"fastest rounds {found[name] * 1e6:.2f} vs {found[baseline] * 1e6:.2f} us per "
+                  f"socket()+connect()+close() (ratio {found[name] / found[baseline]:.3f}); "
+                  f"judged: median of {connect.ROUNDS} paired rounds")  # fmt: skip
+        rows.append(_row(label, figure, ratio, limit, limit == "(bound)" or ratio <= 1.05))
     by_hand, hook = found["5 setsockopt by hand"], found["kapatch's connect hook"]
     ratio = hook / by_hand
     figure = f"{hook * 1e6:.2f} vs {by_hand * 1e6:.2f} us"

@@ -3,6 +3,11 @@
 Ratios are taken on the fastest round of each variant (as ``timeit`` advises): on a
 shared VM, whose scheduler adds stalls of tens of milliseconds to some rounds, the
 minimum is what the code costs and the median shows how noisy the machine was.
+
+Where two variants differ by a few percent of a system call's cost (a connect), the ratio
+of two minimums is itself noisy: each minimum is its variant's luckiest round, taken at
+different moments. :func:`paired_ratio` compares each round's variants with each other
+instead (they ran back to back) and takes the median over rounds.
 """
 
 from __future__ import annotations
@@ -38,3 +43,12 @@ def report(title: str, samples: dict[str, list[float]], baseline: str) -> dict[s
             f"   ratio {ratio:5.3f} vs {baseline}"
         )
     return fastest
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over rounds of *name*'s time over *baseline*'s in the same round.
+
+    Paired: drift (TIME_WAIT entries piling up, the host's load) hits both sides of each
+    ratio alike, and the median leaves out the rounds a stall hit on one side only.
+    """
+    return statistics.median(mine / base for mine, base in zip(samples[name], samples[baseline], strict=True))
