@@ -450,7 +450,7 @@ class _Runtime:
 
     # -- the shared hooks on socket.socket, and the paths that connect elsewhere ---
     def on_connect(  # noqa: PLR0911, PLR0912 - the hot path, written out in one function on purpose
-        self, sock: socket.socket, address: Any, *, default_adapter: str = "socket"
+        self, sock: socket.socket, address: Any, default_adapter: str = "socket"
     ) -> None:
         """A TCP socket is about to connect to *address* (or has just, where a path connects in C).
 
@@ -462,6 +462,9 @@ class _Runtime:
         already, plain setsockopt triples) is written out in this one function: a type
         check, the socket read (respect mode), one list index, the note, the writes and
         the count, and no allocation but the note's. Anything else takes the general path.
+        *default_adapter* is keyword-only in the interface (``AdapterContext``) but not
+        here: a keyword-only default is looked up by name at each call (~200 instructions
+        per connection under callgrind), a positional one is not.
         """
         try:
             native = isinstance(sock, _socket_class)
@@ -473,8 +476,9 @@ class _Runtime:
             if _CLAIM and _CLAIM[0].get() is not None:
                 self._on_claimed(sock, address, default_adapter)
                 return
-            hot = self._hot.get(default_adapter)
-            if hot is None:
+            try:
+                hot = self._hot[default_adapter]
+            except KeyError:
                 if default_adapter not in self._enabled:
                     return
                 hot = self._hot_for(default_adapter)
@@ -494,9 +498,11 @@ class _Runtime:
                     self._count(default_adapter, "skipped")
                     return
             found = made[mask]
-            ops = found[1] if found is not None else None
-            if found is not None and ops is not None and native:
-                decision, _, note, counter = found
+            if found is not None:
+                decision, ops, note, counter = found
+                if ops is None or not native:
+                    self._carry_out(sock, default_adapter, found)
+                    return
                 fd = sock.fileno()
                 if fd >= 0:  # the ledger's note (kapatch.audit), as _ledger.note_made makes it
                     try:
@@ -517,9 +523,6 @@ class _Runtime:
                     with self._stats_lock:
                         for name in decision.kept:
                             kept[name] = kept.get(name, 0) + 1
-                return
-            if found is not None:
-                self._carry_out(sock, default_adapter, found)
                 return
         except Exception as error:  # as in _configure: the connect goes on regardless
             self.record_failure(default_adapter, "configuring a socket", error)
