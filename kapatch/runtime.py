@@ -300,7 +300,7 @@ class _Runtime:
             return Decision("skip", reason="policy disabled")
         if not chosen or adapter_config.mode is not Mode.RESPECT:
             return Decision("apply", policy)
-        from ._respect import fields_written  # loaded at the first decision, as below
+        from ._respect import fields_written  # loaded at the first decision (see _hot_for)
 
         written = fields_written(policy)
         kept = chosen & written
@@ -358,7 +358,7 @@ class _Runtime:
     def _carry_out(self, sock: socket.socket, adapter: str, made: _Made) -> Decision:
         """Note, write and count one connection's decision; raises only what the caller catches."""
         decision, ops, note, counter = made
-        from ._ledger import note_made  # loaded at the first decision, as below
+        from ._ledger import note_made  # loaded at the first decision (see _hot_for)
 
         note_made(sock, note)  # for kapatch.audit
         if ops is not None:
