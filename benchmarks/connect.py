@@ -65,6 +65,7 @@ PAIRS = {
     "override / by hand": ("kapatch, override mode", "hand-written setsockopt"),
     "respect / by hand": ("kapatch, respect mode", "hand-written setsockopt"),
     "respect / read + write by hand": ("kapatch, respect mode", "hand-written read + write"),
+    "read + write / by hand": ("hand-written read + write", "hand-written setsockopt"),
     "floor / by hand": (FLOOR, "hand-written setsockopt"),
     "override / floor": ("kapatch, override mode", FLOOR),
 }
