@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, TypeAlias
 
+    from . import _ledger, _respect
     from ._ledger import Note
     from ._plan import Plan
     from ._socket_hooks import SocketHooks
@@ -57,6 +58,34 @@ if TYPE_CHECKING:
     ]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
+
+
+class _OnFirstUse:
+    """A sibling module in this module's globals, imported at its first attribute read.
+
+    The global then holds the module itself, so later reads are plain attribute reads: an
+    ``import`` statement inside a function costs ~1 us at every call, which per-connection
+    paths cannot pay.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        name = f"{__package__}.{self._name}"
+        __import__(name)
+        module = sys.modules[name]
+        globals()[self._name] = module
+        return getattr(module, attribute)
+
+
+if not TYPE_CHECKING:
+    # The socket read (respect mode) and the ledger: needed from the first decision on, not at
+    # interpreter start (~1.4M instructions there for a program that imports socket).
+    _respect = _OnFirstUse("_respect")
+    _ledger = _OnFirstUse("_ledger")
 
 
 _CLAIM: list[contextvars.ContextVar[Claim | None]] = []
@@ -300,9 +329,7 @@ class _Runtime:
             return Decision("skip", reason="policy disabled")
         if not chosen or adapter_config.mode is not Mode.RESPECT:
             return Decision("apply", policy)
-        from ._respect import fields_written  # loaded at the first decision (see _hot_for)
-
-        written = fields_written(policy)
+        written = _respect.fields_written(policy)
         kept = chosen & written
         if not kept:
             return Decision("apply", policy)
@@ -313,7 +340,7 @@ class _Runtime:
 
     def policy_for(self, adapter: str, destination: Destination) -> Decision:
         """What kapatch would decide for a connection nobody configured (not counted)."""
-        return self._decide(adapter, destination, _NOTHING)
+        return self._decide(adapter, destination, _respect.NOTHING)
 
     def configure_socket(
         self,
@@ -358,9 +385,7 @@ class _Runtime:
     def _carry_out(self, sock: socket.socket, adapter: str, made: _Made) -> Decision:
         """Note, write and count one connection's decision; raises only what the caller catches."""
         decision, ops, note, counter = made
-        from ._ledger import note_made  # loaded at the first decision (see _hot_for)
-
-        note_made(sock, note)  # for kapatch.audit
+        _ledger.note_made(sock, note)  # for kapatch.audit
         if ops is not None:
             try:
                 for level, option, value in ops:
@@ -386,11 +411,9 @@ class _Runtime:
     def _chosen_on(self, sock: socket.socket, adapter: str) -> frozenset[str] | None:
         """What the socket says was chosen (nothing to read in override mode); ``None``: unreadable."""
         if self.config_for(adapter).mode is Mode.OVERRIDE:
-            return _NOTHING  # every field is written
-        from ._respect import chosen_on_socket
-
+            return _respect.NOTHING  # every field is written
         try:
-            return chosen_on_socket(sock)
+            return _respect.chosen_on_socket(sock)
         except OSError:
             return None
 
@@ -401,11 +424,9 @@ class _Runtime:
         counter = _COUNTER_FOR[decision.action]
         found = (decision, ops, (adapter, decision.action, decision.kept), counter)
         if self._no_rule_for(adapter):
-            from ._respect import MASK_OF
-
             self._fast[(adapter, chosen)] = found
             hot = self._hot.get(adapter)
-            mask = MASK_OF.get(chosen)
+            mask = _respect.MASK_OF.get(chosen)
             if hot is not None and mask is not None:
                 hot[1][mask] = found
         return found
@@ -529,7 +550,9 @@ class _Runtime:
             return
         try:
             host, port = _host_port(address)
-            self._configure(sock, default_adapter, _chosen_of(mask), host=host, address=host, port=port)
+            self._configure(
+                sock, default_adapter, _respect._BY_MASK[mask], host=host, address=host, port=port
+            )
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
 
@@ -555,18 +578,13 @@ class _Runtime:
     def _hot_for(self, adapter: str) -> _Hot:
         """The connect hook's table for *adapter*, made on its first unclaimed connection.
 
-        The socket read (``_respect``) and the ledger load here, at the first connection, not
-        at interpreter start (~1.4M instructions there): a program that never connects never
-        needs them.
+        The socket read and the ledger's entries are in it: the hook reads them as locals.
         """
-        from . import _ledger
-        from ._respect import _BY_MASK, chosen_mask
-
         with self._stats_lock:
             counts = self._tallies_of(adapter)
             kept = self.kept.setdefault(adapter, {})
-        made: list[_Made | None] = [None] * len(_BY_MASK)
-        read = None if self.config_for(adapter).mode is Mode.OVERRIDE else chosen_mask
+        made: list[_Made | None] = [None] * len(_respect._BY_MASK)
+        read = None if self.config_for(adapter).mode is Mode.OVERRIDE else _respect.chosen_mask
         found = (read, made, counts, kept, _ledger._ENTRIES)
         self._hot[adapter] = found
         return found
@@ -654,7 +672,6 @@ class _Runtime:
 
 
 _COUNTER_FOR = {"apply": "configured", "respect": "respected", "skip": "skipped"}
-_NOTHING: frozenset[str] = frozenset()
 _POOL_MECHANISMS = (("heartbeat", "heartbeat_mechanism"), ("max_idle", "max_idle_mechanism"))
 
 
@@ -733,9 +750,8 @@ def _simple_ops(decision: Decision) -> _Ops | None:
     policy = decision.policy
     if decision.action != "apply" or policy is None:
         return ()
-    from ._respect import TIMINGS
-
-    if policy.user_timeout == "auto" and decision.kept & TIMINGS and "user_timeout" not in decision.kept:
+    kept = decision.kept
+    if policy.user_timeout == "auto" and kept & _respect.TIMINGS and "user_timeout" not in kept:
         return None
     plan = compile_plan(policy, kept=decision.kept)
     if plan.ioctls or plan.unsupported or any(op.optional for op in plan.setsockopts):
@@ -773,13 +789,6 @@ def _first_match(rules: tuple[Rule, ...], adapter: str, destination: Destination
     from .rules import first_match
 
     return first_match(rules, adapter, destination)
-
-
-def _chosen_of(mask: int) -> frozenset[str]:
-    """The chosen fields of a socket-read mask (``_respect`` loads at the first decision)."""
-    from ._respect import _BY_MASK
-
-    return _BY_MASK[mask]
 
 
 def _host_port(address: Any) -> tuple[str | None, int | None]:
