@@ -37,12 +37,14 @@ if TYPE_CHECKING:
     from typing import Any, TypeAlias
 
     from . import _ledger, _respect
+    from . import rules as _rules
+    from . import sockopts as _sockopts
     from ._ledger import Note
     from ._plan import Plan
     from ._socket_hooks import SocketHooks
     from ._status import Status
     from .policy import Policy
-    from .rules import Destination, Rule  # loaded at the first decision, not at interpreter start
+    from .rules import Destination  # loaded at the first decision, not at interpreter start
     from .sockopts import ApplyResult
 
     _Ops: TypeAlias = tuple[tuple[int, int, int], ...]
@@ -68,24 +70,27 @@ class _OnFirstUse:
     paths cannot pay.
     """
 
-    __slots__ = ("_name",)
+    __slots__ = ("_global", "_module")
 
-    def __init__(self, name: str) -> None:
-        self._name = name
+    def __init__(self, module: str, bound_as: str) -> None:
+        self._module = f"{__package__}.{module}"
+        self._global = bound_as
 
     def __getattr__(self, attribute: str) -> Any:
-        name = f"{__package__}.{self._name}"
-        __import__(name)
-        module = sys.modules[name]
-        globals()[self._name] = module
+        __import__(self._module)
+        module = sys.modules[self._module]
+        globals()[self._global] = module
         return getattr(module, attribute)
 
 
 if not TYPE_CHECKING:
-    # The socket read (respect mode) and the ledger: needed from the first decision on, not at
-    # interpreter start (~1.4M instructions there for a program that imports socket).
-    _respect = _OnFirstUse("_respect")
-    _ledger = _OnFirstUse("_ledger")
+    # Needed from the first decision on, not at interpreter start: the socket read (respect
+    # mode) and the ledger (~1.4M instructions there for a program that imports socket), the
+    # rules, and sockopts (plans, platforms; the common path writes precompiled triples).
+    _respect = _OnFirstUse("_respect", "_respect")
+    _ledger = _OnFirstUse("_ledger", "_ledger")
+    _rules = _OnFirstUse("rules", "_rules")
+    _sockopts = _OnFirstUse("sockopts", "_sockopts")
 
 
 _CLAIM: list[contextvars.ContextVar[Claim | None]] = []
@@ -320,7 +325,7 @@ class _Runtime:
         adapter_config = self.config_for(adapter)
         policy = adapter_config.policy
         rules = self.config.rules if self.config else ()
-        rule = _first_match(rules, adapter, destination) if rules else None
+        rule = _rules.first_match(rules, adapter, destination) if rules else None
         if rule is not None:
             if rule.action == "skip":
                 return Decision("skip", reason=f"rule {rule.describe()}")
@@ -727,18 +732,13 @@ _STREAM = _socket.SOCK_STREAM
 
 
 def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> ApplyResult:
-    """:func:`kapatch.sockopts.apply_decided`; sockopts (plans, platforms) loads at first use,
-    not at interpreter start: the common path writes precompiled triples."""
-    from .sockopts import apply_decided as apply
-
-    return apply(sock, policy, kept)
+    """:func:`kapatch.sockopts.apply_decided` (sockopts loads at first use, see _OnFirstUse)."""
+    return _sockopts.apply_decided(sock, policy, kept)
 
 
 def compile_plan(policy: Policy, *, kept: frozenset[str]) -> Plan:
-    """:func:`kapatch.sockopts.compile_plan`, loaded at the first decision (see above)."""
-    from .sockopts import compile_plan as compile_
-
-    return compile_(policy, kept=kept)
+    """:func:`kapatch.sockopts.compile_plan` (sockopts loads at first use, see _OnFirstUse)."""
+    return _sockopts.compile_plan(policy, kept=kept)
 
 
 def _simple_ops(decision: Decision) -> _Ops | None:
@@ -780,15 +780,7 @@ def _off_unless_turned_on(adapter: str) -> str:
 
 
 def _destination(*, host: str | None, address: str | None, port: int | None) -> Destination:
-    from .rules import Destination  # rules load at the first decision, not at interpreter start
-
-    return Destination(host=host, address=address, port=port)
-
-
-def _first_match(rules: tuple[Rule, ...], adapter: str, destination: Destination) -> Rule | None:
-    from .rules import first_match
-
-    return first_match(rules, adapter, destination)
+    return _rules.Destination(host=host, address=address, port=port)
 
 
 def _host_port(address: Any) -> tuple[str | None, int | None]:
