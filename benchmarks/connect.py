@@ -69,7 +69,7 @@ PAIRS = {
     "floor / by hand": (FLOOR, "hand-written setsockopt"),
     "override / floor": ("kapatch, override mode", FLOOR),
 }
-"""The ratios judged, each as (variant, baseline): paired, per round, median over rounds."""
+"""The paired ratios in the table, each as (variant, baseline): per round, median over rounds."""
 
 
 def measure() -> tuple[dict[str, float], dict[str, float]]:
