@@ -7,8 +7,11 @@ door or by an explicit :func:`kapatch.install`): a process is never installed tw
 At interpreter start the configuration is read and validated at once (a bad setting is
 reported before the program runs), but the runtime (the connect path, the adapters'
 interface, ``_socket``: about half of an enabled start) is installed when the program
-first imports a module an adapter waits for (``socket``, ``asyncio``, a client library),
-or the runtime itself (``kapatch.status()``, ``kapatch.install()``, ...): before any
+first imports a module an adapter waits for (a client library), or the runtime itself
+(``kapatch.status()``, ``kapatch.install()``, ...). ``socket`` and ``asyncio``, which
+most programs import whether or not they connect, only get stand-ins at their import:
+the runtime installs at the first call to one, the first ``connect``, ``connect_ex`` or
+``listen``, or the first event loop to run (``kapatch._first_use``). Either way before any
 connection can be made, and never in a program that makes none.
 
 A configuration error never stops the program by default: it becomes one warning on
@@ -32,6 +35,7 @@ from ._errors import ConfigError
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from types import ModuleType
 
     from .config import Config
 
@@ -73,10 +77,11 @@ def activate(environ: Mapping[str, str] | None = None, *, defer: bool = False) -
     """Install from environment + config file unless installed already; raises ConfigError.
 
     With *defer* (interpreter start), the configuration is read and validated now and the
-    runtime installed when the program first imports a module an adapter waits for (or the
-    runtime itself). Returns the configuration in force and whether this call installed it.
+    runtime installed when the program first imports a module an adapter waits for, or first
+    uses socket or asyncio (or loads the runtime itself). Returns the configuration in force
+    and whether this call installed it.
     """
-    from ._registry import start_triggers
+    from ._registry import FIRST_USE, start_triggers
     from .config import load_config
 
     with _lock:
@@ -94,7 +99,7 @@ def activate(environ: Mapping[str, str] | None = None, *, defer: bool = False) -
     from ._import_hooks import HOOKS
 
     for name in triggers:  # an imported one calls back at once
-        HOOKS.when_imported(name, _on_trigger)
+        HOOKS.when_imported(name, _on_first_use_trigger if name in FIRST_USE else _on_trigger)
     return config, True
 
 
@@ -108,6 +113,27 @@ def _installed_config() -> Config | None:
 
 def _on_trigger(_: object) -> None:
     complete_deferred()
+
+
+def _on_first_use_trigger(module: ModuleType) -> None:
+    """socket or asyncio imported: stand-ins install the runtime at their first call."""
+    if not _deferred:
+        return
+    try:
+        from ._first_use import place
+
+        with _lock:
+            if _deferred:
+                place(module.__name__, _finish_at_first_use)
+    except Exception:  # never in the way of the import: install now instead
+        complete_deferred()
+
+
+def _finish_at_first_use() -> None:
+    """A stand-in's call: install if it still waits; return once no install is under way."""
+    complete_deferred()
+    with _lock:  # a thread installing holds it: its hooks are in place when it lets go
+        pass
 
 
 def complete_deferred() -> None:
@@ -126,10 +152,20 @@ def complete_deferred() -> None:
                 return
             # Taken off first: installing loads adapters, whose imports may fire another trigger.
             config = _deferred.pop()
-            runtime.install_config(config)
+            try:
+                runtime.install_config(config)
+            finally:
+                _retire_stand_ins()
     except Exception as error:  # an import hook must not break the program's import
         _deferred.clear()
+        _retire_stand_ins()
         _log.warning("kapatch: activation failed: %r; this process runs WITHOUT kapatch", error)
+
+
+def _retire_stand_ins() -> None:
+    first_use = sys.modules.get("kapatch._first_use")  # loaded only where stand-ins were placed
+    if first_use is not None:
+        first_use.retire()
 
 
 def _after_fork_in_child() -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import _thread
 
+from ._first_use import MISSING as _MISSING
+from ._first_use import take_over
+
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -17,7 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Patcher", "through"]
 
-_MISSING = object()
 
 Wrapper: TypeAlias = "Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]"
 
@@ -66,8 +68,7 @@ class Patcher:
         with self._lock:
             if any(o is owner and n == name for o, n, _ in self._saved):
                 return
-            saved = vars(owner).get(name, _MISSING)
-            original = getattr(owner, name)
+            saved, original, stand_in = take_over(owner, name)  # a start's stand-in: replaced
             patched = build(original)
             for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
                 if hasattr(original, attribute):
@@ -75,6 +76,8 @@ class Patcher:
             patched.__wrapped__ = original  # type: ignore[attr-defined]
             setattr(owner, name, patched)
             self._saved.append((owner, name, saved))
+            if stand_in is not None:
+                stand_in.successor = patched
 
     def after_fork_in_child(self) -> None:
         """A lock another thread held at fork time would never be released in the child."""

@@ -88,6 +88,17 @@ imports an adapter's module (and checks its library's version) only then, not at
 interpreter start; a third party's adapter is loaded at install. tests/test_boot_path.py
 holds this table to the classes."""
 
+FIRST_USE: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    # The stdlib class, as socket defines it (before gevent could replace the module's name).
+    "socket": (("socket", "socket", ("connect", "connect_ex", "listen")),),
+    # Every asyncio loop calls it when it starts running: the eventloops adapter's hook.
+    "asyncio": (("asyncio.events", "", ("_set_running_loop",)), ("asyncio", "", ("_set_running_loop",))),
+}
+"""Trigger modules whose import, at a deferred start, only puts stand-ins on what the
+adapters waiting for them hook (module, a class in it or "", its functions): the runtime
+installs at the first call to one (``kapatch._first_use``). tests/test_boot_path.py holds
+this to those adapters' hooks."""
+
 OPT_IN_ADAPTERS = frozenset(("inbound",))
 """Built-in adapters that are off unless turned on (``Adapter.opt_in``): not loaded at all
 when the configuration leaves them off. tests/test_boot_path.py holds this to the classes."""

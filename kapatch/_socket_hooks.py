@@ -32,6 +32,8 @@ import os
 import sys
 
 from . import _log
+from ._first_use import MISSING as _MISSING
+from ._first_use import take_over
 
 TYPE_CHECKING = False  # typing costs ~7 ms; type checkers treat this name as True
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ __all__ = ["HOOKED_METHODS", "SocketHooks", "stdlib_socket_class"]
 
 HOOKED_METHODS = {"connect": ("connect", "connect_ex"), "listen": ("listen",)}
 """Hook name (``Adapter.socket_hooks``) -> the ``socket.socket`` methods it covers."""
-_MISSING = object()
 
 
 def stdlib_socket_class() -> type[socket.socket]:
@@ -149,9 +150,12 @@ class SocketHooks:
                 _restore(owner, method, hook.saved)
             del self._installed[method]
         for method in sorted(self._wanted - set(self._installed)):
-            hook = _Hook(method, vars(owner).get(method, _MISSING), getattr(owner, method), self._listener)
+            saved, original, stand_in = take_over(owner, method)  # a start's stand-in: replaced
+            hook = _Hook(method, saved, original, self._listener)
             self._installed[method] = hook
             setattr(owner, method, hook.function)
+            if stand_in is not None:
+                stand_in.successor = hook.function
 
     def _after_fork_in_child(self) -> None:
         # The forking thread may have interrupted another one inside install()/remove():

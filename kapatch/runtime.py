@@ -3,8 +3,9 @@
 This runs at interpreter start when ``KAPATCH_ENABLED=1``, so it imports no more of the
 standard library than it must: ``_thread`` rather than ``threading``, ``_socket`` rather
 than ``socket``, logging only when there is something to log. The connect hook goes on
-``socket.socket`` when the ``socket`` module is first imported: before any socket can
-connect, and without making a process that never opens one import it.
+``socket.socket`` when the ``socket`` module is first used (``kapatch._first_use``) or, for
+a program that installs kapatch itself, first imported: before any socket can connect,
+and without making a process that never opens one import it.
 """
 
 from __future__ import annotations
@@ -857,8 +858,9 @@ def context() -> _Runtime:
 claim = _RUNTIME.claim
 
 # A start with KAPATCH_ENABLED=1 read its configuration and waits for the first import of a
-# module an adapter patches to install it (kapatch._bootstrap); whoever loads the runtime
-# first, that import or the program's own call, finds kapatch installed.
+# module an adapter patches, or the first use of socket or asyncio, to install it
+# (kapatch._bootstrap); whoever loads the runtime first, that or the program's own call,
+# finds kapatch installed.
 _start = sys.modules.get("kapatch._bootstrap")
 if _start is not None:
     _start.complete_deferred()

@@ -175,28 +175,154 @@ def test_a_start_without_rules_or_claims_loads_neither():
     done = _python(program, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
     at_start, after_a_connection = (set(line.split()) for line in done.stdout.splitlines())
-    assert "kapatch.adapters.socket" in at_start  # it did start, and hooked socket
+    assert "kapatch._first_use" in at_start  # it did start: stand-ins wait on socket.socket
+    assert "kapatch.adapters.socket" in after_a_connection
     first_connection = {"kapatch._respect", "kapatch._ledger"}
     assert not {"kapatch.rules", "kapatch._memo", "contextvars", "kapatch.adapters.inbound"} & at_start
     assert not first_connection & at_start
     assert first_connection <= after_a_connection
 
 
-def test_the_runtime_waits_for_the_first_import_an_adapter_needs():
-    """At start the configuration is read and validated; the runtime (connect path, adapters'
-    interface, _socket) loads with the first trigger module, here socket, before it can connect."""
+def test_the_runtime_waits_for_the_first_use_of_socket():
+    """At start the configuration is read and validated; importing socket puts stand-ins on
+    the methods kapatch hooks, and the first call to one installs the runtime (connect path,
+    adapters' interface, _socket): that very connection carries the policy."""
     code = textwrap.dedent(
         """
         import sys
         before = sorted(m for m in ("kapatch.config", "kapatch.runtime", "_socket") if m in sys.modules)
         import socket
-        hooked = [name for name in ("connect", "connect_ex") if name in vars(socket.socket)]
-        print(before, "kapatch.runtime" in sys.modules, hooked)
+        standing_in = [name for name in ("connect", "connect_ex", "listen") if name in vars(socket.socket)]
+        print(before, "kapatch.runtime" in sys.modules, standing_in)
+        server = socket.socket()  # bound and listening without listen(): nothing installs yet
+        server.bind(("127.0.0.1", 0))
+        print("kapatch.runtime" in sys.modules)
+        server.listen()
+        client = socket.socket()
+        client.connect(server.getsockname())
+        hooks = {name: hasattr(vars(socket.socket).get(name), "__kapatch_hook__")
+                 for name in ("connect", "connect_ex", "listen")}
+        print("kapatch.runtime" in sys.modules, hooks)
+        print(client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+              client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+        import kapatch
+        print(kapatch.status().adapter("socket").counts["configured"])
+        """
+    )
+    done = _python(code, KAPATCH_ENABLED="1", KAPATCH_MODE="override")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "['kapatch.config'] False ['connect', 'connect_ex', 'listen']",
+        "False",
+        # listen() installed it; listen is not hooked (the inbound adapter is off): its
+        # stand-in is gone, and connect and connect_ex carry the runtime's hook
+        "True {'connect': True, 'connect_ex': True, 'listen': False}",
+        "1 60",  # the balanced profile's idle
+        "1",
+    ]
+
+
+def test_the_first_connection_of_each_of_many_threads_carries_the_policy():
+    """Threads that meet the stand-in while another installs wait for the install."""
+    code = textwrap.dedent(
+        """
+        import socket, threading
+        server = socket.create_server(("127.0.0.1", 0), backlog=64)
+        barrier, idles = threading.Barrier(8), []
+        def connect():
+            barrier.wait()
+            sock = socket.create_connection(server.getsockname())
+            idles.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+        threads = [threading.Thread(target=connect) for _ in range(8)]
+        for thread in threads: thread.start()
+        for thread in threads: thread.join(30)
+        import kapatch
+        print(sorted(idles), kapatch.status().adapter("socket").counts["configured"])
+        """
+    )
+    done = _python(code, KAPATCH_ENABLED="1", KAPATCH_IDLE="77", KAPATCH_MODE="override")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[77,", *["77,"] * 6, "77]", "8"]
+
+
+def test_a_stand_in_kept_by_reference_goes_through_the_hook_once():
+    """A library that kept socket.socket.connect before the first connection holds the
+    stand-in: after the install it leads to the runtime's hook, counted once per connection."""
+    code = textwrap.dedent(
+        """
+        import socket
+        kept = socket.socket.connect
+        server = socket.create_server(("127.0.0.1", 0))
+        first = socket.create_connection(server.getsockname())  # installs
+        sock = socket.socket()
+        kept(sock, server.getsockname())
+        import kapatch
+        print(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+              kapatch.status().adapter("socket").counts["configured"], kept is socket.socket.connect)
+        """
+    )
+    done = _python(code, KAPATCH_ENABLED="1", KAPATCH_IDLE="66", KAPATCH_MODE="override")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["66", "2", "False"]
+
+
+def test_the_runtime_waits_for_the_first_loop_to_run():
+    """asyncio's import puts a stand-in on _set_running_loop: a loop that starts running
+    installs the runtime, and a loop kapatch does not know is still reported."""
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        print("kapatch.runtime" in sys.modules)
+        class ForeignLoop(asyncio.SelectorEventLoop.__mro__[-2]):  # AbstractEventLoop
+            pass
+        asyncio.events._set_running_loop(ForeignLoop())  # as a third-party loop does
+        asyncio.events._set_running_loop(None)
+        import kapatch
+        counts = kapatch.status().adapter("eventloops").counts
+        print("kapatch.runtime" in sys.modules, counts["uncovered"])
+        asyncio.run(asyncio.sleep(0))  # asyncio's own loop: known, not counted
+        print(kapatch.status().adapter("eventloops").counts["uncovered"])
         """
     )
     done = _python(code, KAPATCH_ENABLED="1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[0] == "['kapatch.config'] True ['connect', 'connect_ex']"
+    assert done.stdout.splitlines() == ["False", "True 1", "1"]
+    assert "ForeignLoop is not one kapatch knows" in done.stderr
+
+
+def test_uninstall_after_a_waiting_start_leaves_socket_and_asyncio_as_they_were():
+    code = textwrap.dedent(
+        """
+        import asyncio, socket, _asyncio
+        import kapatch
+        kapatch.uninstall()
+        print([name for name in ("connect", "connect_ex", "listen") if name in vars(socket.socket)],
+              asyncio.events._set_running_loop is _asyncio._set_running_loop,
+              asyncio._set_running_loop is _asyncio._set_running_loop)
+        """
+    )
+    done = _python(code, KAPATCH_ENABLED="1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "True", "True"]
+
+
+def test_the_stand_ins_cover_what_the_adapters_waiting_for_them_hook():
+    """_registry.FIRST_USE must stand in for every hook of the adapters its modules trigger:
+    a hook without a stand-in would first run after some other trigger installed kapatch."""
+    from kapatch._registry import FIRST_USE, LAZY_ADAPTERS
+    from kapatch._socket_hooks import HOOKED_METHODS
+    from kapatch.runtime import _load
+
+    stood_in = {name for entries in FIRST_USE.values() for _, _, names in entries for name in names}
+    for name, (target, modules) in LAZY_ADAPTERS.items():
+        if not set(modules) & set(FIRST_USE):
+            continue
+        assert set(modules) <= set(FIRST_USE), name  # all of its triggers stand in, or none
+        adapter = _load(target)
+        for hook in adapter.socket_hooks:
+            assert set(HOOKED_METHODS[hook]) <= stood_in, (name, hook)
+        if name == "eventloops":
+            assert "_set_running_loop" in stood_in
 
 
 def test_a_bad_setting_is_reported_at_start_though_the_runtime_waits():
