@@ -104,7 +104,12 @@ def measure() -> dict[str, float]:
         }
 
 
-STARTUP_PROGRAMS = {"pass": "pass", "service imports": "import asyncio, logging, json, typing, dataclasses"}
+STARTUP_PROGRAMS = {
+    "pass": "pass",
+    "service imports": "import asyncio, logging, json, typing, dataclasses",
+    "service imports, one connection": "import asyncio, logging, json, typing, dataclasses\nimport socket\n"
+    "server = socket.create_server(('127.0.0.1', 0))\nsocket.create_connection(server.getsockname()).close()",
+}
 
 
 def _start_instructions(program: str, enabled: bool, work: str) -> int:
