@@ -111,10 +111,10 @@ def run(startup_runs: int, with_callgrind: bool) -> dict[str, object]:
                              cpu[on] / cpu[off], "<= +10 ms", added <= 10))  # fmt: skip
         # Not a start-up: what the runtime, installed at the first use of socket or asyncio,
         # adds to the same program once it makes one connection. Explains the line above.
-        on, off = cpu["one connection, enabled"], cpu["one connection, disabled"]
-        figure = f"+{on - off:.1f} ms CPU ({on:.1f} vs {off:.1f} ms)"
+        enabled, disabled = cpu["one connection, enabled"], cpu["one connection, disabled"]
+        figure = f"+{enabled - disabled:.1f} ms CPU ({enabled:.1f} vs {disabled:.1f} ms)"
         label = "   the same program and one loopback connection (the runtime installs at it)"
-        rows.append(_row(label, figure, on / off, "", None))
+        rows.append(_row(label, figure, enabled / disabled, "", None))
         ratio = cpu["installed, disabled"] / cpu["not installed"]
         rows.append(_row("   interpreter start, installed but disabled vs not installed",
                          f"{cpu['installed, disabled']:.1f} vs {cpu['not installed']:.1f} ms CPU",
