@@ -3,7 +3,8 @@
 Prints each target's figure, ratio and whether it is met, and writes the same as JSON
 (``benchmarks/results.json``, or ``--json PATH``). Ratios come from variants measured in
 the same process and run (interleaved rounds; connects and start-ups judged on paired
-rounds, start-ups on the children's CPU time). The README's "Cost" table is copied from this output.
+rounds, start-ups on the children's CPU time). The README's "Cost" table is copied from
+this output.
 
     .venv/bin/python -m benchmarks [--startup-runs 40] [--no-callgrind] [--json PATH]
 """
