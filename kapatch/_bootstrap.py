@@ -152,14 +152,12 @@ def complete_deferred() -> None:
                 return
             # Taken off first: installing loads adapters, whose imports may fire another trigger.
             config = _deferred.pop()
-            try:
-                runtime.install_config(config)
-            finally:
-                _retire_stand_ins()
+            runtime.install_config(config)
     except Exception as error:  # an import hook must not break the program's import
         _deferred.clear()
-        _retire_stand_ins()
         _log.warning("kapatch: activation failed: %r; this process runs WITHOUT kapatch", error)
+    finally:  # installed or failed: the stand-ins the hooks did not replace go
+        _retire_stand_ins()
 
 
 def _retire_stand_ins() -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["MISSING", "StandIn", "place", "retire", "take_over"]
+__all__ = ["MISSING", "StandIn", "hand_over", "place", "retire", "take_over"]
 
 MISSING = object()
 """Not in the owner's own ``__dict__`` (inherited): what ``take_over`` returns to put back."""
@@ -46,15 +46,14 @@ class StandIn:
         self.original: Callable[..., Any] = getattr(owner, name)
         self.successor: Callable[..., Any] | None = None  # the hook that took this one's place
         state, original = self, self.original
+        from functools import wraps  # loaded: socket and asyncio, the triggers, import it
 
+        @wraps(original)
         def stand_in(*args: Any, **kwargs: Any) -> Any:
             finish()  # never raises; returns once no install is under way
             successor = state.successor
             return (original if successor is None else successor)(*args, **kwargs)
 
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            if hasattr(original, attribute):
-                setattr(stand_in, attribute, getattr(original, attribute))
         stand_in.__kapatch_stand_in__ = self  # type: ignore[attr-defined]  # found by take_over
         self.function = stand_in
 
@@ -76,13 +75,21 @@ def place(trigger: str, finish: Callable[[], None]) -> None:
 def take_over(owner: Any, name: str) -> tuple[object, Any, StandIn | None]:
     """(what to put back, what to call, the stand-in replaced or None) for a hook on ``owner.name``.
 
-    The caller sets the stand-in's ``successor`` to its hook once that is in place.
+    The caller puts its hook in place with :func:`hand_over`.
     """
     current = vars(owner).get(name, MISSING)
     found = getattr(current, "__kapatch_stand_in__", None)
     if isinstance(found, StandIn) and found.owner is owner:
         return found.saved, found.original, found
     return current, getattr(owner, name), None
+
+
+def hand_over(owner: Any, name: str, function: Callable[..., Any], stand_in: StandIn | None) -> None:
+    """Put *function* on ``owner.name``; a stand-in it replaced (from :func:`take_over`) then
+    leads there, for a caller that kept a reference to it."""
+    setattr(owner, name, function)
+    if stand_in is not None:
+        stand_in.successor = function
 
 
 def retire() -> None:

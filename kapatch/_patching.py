@@ -11,7 +11,7 @@ from __future__ import annotations
 import _thread
 
 from ._first_use import MISSING as _MISSING
-from ._first_use import take_over
+from ._first_use import hand_over, take_over
 
 TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers treat this as True
 if TYPE_CHECKING:
@@ -74,10 +74,8 @@ class Patcher:
                 if hasattr(original, attribute):
                     setattr(patched, attribute, getattr(original, attribute))
             patched.__wrapped__ = original  # type: ignore[attr-defined]
-            setattr(owner, name, patched)
+            hand_over(owner, name, patched, stand_in)
             self._saved.append((owner, name, saved))
-            if stand_in is not None:
-                stand_in.successor = patched
 
     def after_fork_in_child(self) -> None:
         """A lock another thread held at fork time would never be released in the child."""

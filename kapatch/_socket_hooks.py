@@ -33,7 +33,7 @@ import sys
 
 from . import _log
 from ._first_use import MISSING as _MISSING
-from ._first_use import take_over
+from ._first_use import hand_over, take_over
 
 TYPE_CHECKING = False  # typing costs ~7 ms; type checkers treat this name as True
 if TYPE_CHECKING:
@@ -153,9 +153,7 @@ class SocketHooks:
             saved, original, stand_in = take_over(owner, method)  # a start's stand-in: replaced
             hook = _Hook(method, saved, original, self._listener)
             self._installed[method] = hook
-            setattr(owner, method, hook.function)
-            if stand_in is not None:
-                stand_in.successor = hook.function
+            hand_over(owner, method, hook.function, stand_in)
 
     def _after_fork_in_child(self) -> None:
         # The forking thread may have interrupted another one inside install()/remove():
