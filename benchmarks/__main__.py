@@ -107,15 +107,16 @@ def run(startup_runs: int, with_callgrind: bool) -> dict[str, object]:
         # disabled twin, so a change of the host's speed between minutes hits both. The
         # difference of the two cases' own medians is printed beside it.
         start = "5. interpreter start when enabled"
-        for label, pair, judged in (
-            (f"{start}, `python -c pass`", "added, `python -c pass`", True),
-            (f"{start}, a program importing asyncio etc.", "added, service imports", True),
-            # Not a start-up: what the runtime, installed at the first use of socket or asyncio,
-            # adds once the same program makes one connection. It explains the line above.
-            ("   the same program and one loopback connection (the runtime installs at it)",
-             "added, one connection", False),
-        ):  # fmt: skip
-            on, off = startup.PAIRS[pair]
+        for label, pair in (
+            (f"{start}, `python -c pass`", "added, `python -c pass`"),
+            (f"{start}, a program importing asyncio etc.", "added, service imports"),
+            # It explains the line above: where the runtime's cost went.
+            (
+                "   the same program and one loopback connection (the runtime installs at it)",
+                "added, one connection",
+            ),
+        ):
+            on, off, judged = startup.PAIRS[pair]
             figure = (f"+{cpu[pair]:.1f} ms CPU, median of paired rounds; the cases' medians "
                       f"{cpu[on]:.1f} vs {cpu[off]:.1f} ms (+{cpu[on] - cpu[off]:.1f})")  # fmt: skip
             verdict = cpu[pair] <= 10 if judged else None

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 
+from .startup import FIRST_CONNECTION, SERVICE_IMPORTS
+
 LOW, HIGH = 200, 1200
 
 _CHILD = """
@@ -106,10 +108,10 @@ def measure() -> dict[str, float]:
 
 STARTUP_PROGRAMS = {
     "pass": "pass",
-    "service imports": "import asyncio, logging, json, typing, dataclasses",
-    "service imports, one connection": "import asyncio, logging, json, typing, dataclasses\nimport socket\n"
-    "server = socket.create_server(('127.0.0.1', 0))\nsocket.create_connection(server.getsockname()).close()",
+    "service imports": SERVICE_IMPORTS,
+    "service imports, one connection": FIRST_CONNECTION,
 }
+"""The programs ``benchmarks.startup`` times, counted here."""
 
 
 def _start_instructions(program: str, enabled: bool, work: str) -> int:
