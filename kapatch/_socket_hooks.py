@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import _socket
 import _thread
+import _weakref  # the C module: weakref.py is not worth its import at interpreter start
 import functools  # socket imports it (through enum) before this module loads
 import os
 import sys
 
 from . import _log
+from ._fast_path import OPEN_CLAIMS
 from ._first_use import MISSING as _MISSING
 from ._first_use import hand_over, take_over
+from ._tcp import TCP_FAMILIES, raw_family, raw_type
 
 TYPE_CHECKING = False  # typing costs ~7 ms; type checkers treat this name as True
 if TYPE_CHECKING:
@@ -41,15 +44,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any, Protocol
 
+    from ._fast_path import Table
+
     class _Listener(Protocol):
         def on_connect(self, sock: Any, address: Any, *, default_adapter: str = ...) -> None: ...
         def on_listen(self, sock: Any) -> None: ...
+        def table_cell(self, adapter: str) -> list[Table | None]: ...
+        def record_failure(self, adapter: str, what: str, error: BaseException) -> None: ...
 
 
 __all__ = ["HOOKED_METHODS", "SocketHooks", "stdlib_socket_class"]
 
 HOOKED_METHODS = {"connect": ("connect", "connect_ex"), "listen": ("listen",)}
 """Hook name (``Adapter.socket_hooks``) -> the ``socket.socket`` methods it covers."""
+
+ADAPTER = "socket"
+"""The adapter that decides for the stdlib class's connections no library adapter claimed."""
 
 
 def stdlib_socket_class() -> type[socket.socket]:
@@ -89,17 +99,55 @@ class _Hook:
 
             return listen
 
-        on_connect = listener.on_connect  # bound once: this runs for every connection
-        socket_class = _socket.socket
+        # Bound once, as locals of the closure: this runs for every connection.
+        on_connect, record_failure = listener.on_connect, listener.record_failure
+        cell = listener.table_cell(ADAPTER)
+        socket_class, stream, weakref = _socket.socket, _socket.SOCK_STREAM, _weakref.ref
 
         @functools.wraps(original)
-        def connect(sock: Any, address: Any = _MISSING, /, *args: Any, **kwargs: Any) -> Any:
-            # The one-address call goes straight through (no argument tuple to build); anything
-            # else is the stdlib's to reject, with its own message, and is not seen.
+        def connect(sock: Any, address: Any = _MISSING, /, *args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912
+            # Every connection's path, written out in one function on purpose. The one-address
+            # call goes straight through (no argument tuple to build); anything else is the
+            # stdlib's to reject, with its own message, and is not seen.
             if args or kwargs or address is _MISSING:
                 return original(sock, *(() if address is _MISSING else (address,)), *args, **kwargs)
-            if state.active and isinstance(sock, socket_class):
+            if not (state.active and isinstance(sock, socket_class)):
+                return original(sock, address)
+            # The runtime's published decision, applied in this frame (see _fast_path);
+            # anything it does not cover is the runtime's to decide.
+            table = cell[0]
+            if table is None or OPEN_CLAIMS[0]:
                 on_connect(sock, address)
+                return original(sock, address)
+            try:
+                if raw_type(sock) == stream and raw_family(sock) in TCP_FAMILIES:
+                    read, entries, ledger = table
+                    try:
+                        entry = entries[0 if read is None else read(sock)]
+                    except OSError:  # closed under us, or not really TCP: the runtime says so
+                        entry = None
+                    if entry is None:
+                        on_connect(sock, address)
+                    else:
+                        writes, note, tally, refused = entry
+                        fd = sock.fileno()
+                        if fd >= 0:  # the ledger's note (kapatch.audit), as _ledger.note_made makes it
+                            try:
+                                ledger[fd] = (weakref(sock), note)
+                            except TypeError:  # a bare _socket.socket takes no weak reference
+                                ledger[fd] = (None, note)
+                        try:
+                            # sock.setsockopt each time, not bound once: a bound METH_VARARGS
+                            # builtin has no vectorcall, so each call through it builds its
+                            # tuple the slow way (+680 instructions per connection).
+                            for level, option, value in writes:
+                                sock.setsockopt(level, option, value)
+                        except OSError:
+                            refused(sock)
+                        else:
+                            next(tally)  # atomic under the GIL: no lock (one cost ~1.6k instructions)
+            except Exception as error:  # the connect goes on regardless
+                record_failure(ADAPTER, "connect hook", error)
             return original(sock, address)
 
         return connect

@@ -10,21 +10,17 @@ and without making a process that never opens one import it.
 
 from __future__ import annotations
 
-import _socket
 import _thread
-import _weakref as _weakref_module
 import errno
 import itertools as _itertools
 import os
 import sys
 
 from . import _log
+from ._fast_path import OPEN_CLAIMS, claim_closed, claim_opened
 from ._import_hooks import HOOKS
 from ._registry import LEFT_OFF, adapter_entry_points, load_when
-from ._tcp import TCP_FAMILIES as _TCP_FAMILIES
 from ._tcp import not_tcp_reason
-from ._tcp import raw_family as _raw_family
-from ._tcp import raw_type as _raw_type
 from .adapters._base import COUNTERS, POOL_COUNTERS, Adapter, Claim, Decision
 from .config import AdapterConfig, Config, load_config
 from .policy import Mode
@@ -40,6 +36,7 @@ if TYPE_CHECKING:
     from . import _ledger, _respect
     from . import rules as _rules
     from . import sockopts as _sockopts
+    from ._fast_path import Entry, Table
     from ._ledger import Note
     from ._plan import Plan
     from ._socket_hooks import SocketHooks
@@ -53,12 +50,10 @@ if TYPE_CHECKING:
     # note, the counter it adds to).
     _Made: TypeAlias = tuple[Decision, _Ops | None, Note, str]
     # Per adapter: (its sockets' read, which returns the chosen fields' mask: respect mode,
-    # or None: override mode; the decision per chosen mask or None until made; its counters;
-    # its kept-field counters; the ledger's entries).
+    # or None: override mode; the decision per chosen mask or None until made; the table
+    # published to the stdlib connect hook, see _fast_path).
     _Tally: TypeAlias = _itertools.count[int]
-    _Hot: TypeAlias = tuple[
-        Callable[[Any], int] | None, list[_Made | None], dict[str, _Tally], dict[str, int], dict[int, Any]
-    ]
+    _Hot: TypeAlias = tuple[Callable[[Any], int] | None, list[_Made | None], Table]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -120,6 +115,9 @@ class _Runtime:
         self._fast: dict[tuple[str, frozenset[str]], _Made] = {}
         # adapter -> the unclaimed connect path's table (see _Hot)
         self._hot: dict[str, _Hot] = {}
+        # adapter -> the cell its connect hook reads its published table from (see _fast_path);
+        # cells outlive reinstalls (hooks hold them), their contents do not
+        self._cells: dict[str, list[Table | None]] = {}
         self.socket_hooks: SocketHooks | None = None  # made when socket is first imported
         self.import_hooks = HOOKS  # shared with a start that waits for the first network import
 
@@ -131,7 +129,7 @@ class _Runtime:
             self.config = config
             self._configs = {}
             self._fast = {}
-            self._hot = {}
+            self._forget_hot()
             level = config.log_level  # set now if logging is loaded, else the moment it is
             self.import_hooks.when_imported("logging", lambda logging: _log.set_level(logging, level))
             if config.enabled:
@@ -271,7 +269,7 @@ class _Runtime:
         self.config = None
         self._configs = {}
         self._fast = {}
-        self._hot = {}
+        self._forget_hot()
         self.generation += 1
 
     def status(self) -> Status:
@@ -435,7 +433,37 @@ class _Runtime:
             mask = _respect.MASK_OF.get(chosen)
             if hot is not None and mask is not None:
                 hot[1][mask] = found
+                if ops is not None and not decision.kept:  # what the hook can do on its own
+                    hot[2][1][mask] = self._entry(adapter, found)
         return found
+
+    def _entry(self, adapter: str, made: _Made) -> Entry:
+        """*made* as the stdlib connect hook applies it (see _fast_path)."""
+        _, ops, note, counter = made
+        assert ops is not None
+        with self._stats_lock:
+            tally = self._tallies_of(adapter)[counter]
+
+        def refused(sock: Any) -> None:
+            # A write refused (or the socket closed under us): the full path says which
+            # option, and why, and counts the connection.
+            try:
+                self._carry_out(sock, adapter, made)
+            except Exception as error:
+                self.record_failure(adapter, "configuring a socket", error)
+
+        return (ops, note, tally, refused)
+
+    def table_cell(self, adapter: str) -> list[Table | None]:
+        """The cell *adapter*'s connect hook reads its published table from (see _fast_path)."""
+        with self._stats_lock:
+            return self._cells.setdefault(adapter, [None])
+
+    def _forget_hot(self) -> None:
+        """Decisions made under the old configuration (or the parent's tallies) go."""
+        self._hot = {}
+        for cell in self._cells.values():
+            cell[0] = None
 
     def _no_rule_for(self, adapter: str) -> bool:
         """Whether no rule of the configuration can apply to *adapter*'s connections."""
@@ -476,7 +504,7 @@ class _Runtime:
         self._count(adapter, "uncovered")
 
     # -- the shared hooks on socket.socket, and the paths that connect elsewhere ---
-    def on_connect(  # noqa: PLR0911, PLR0912 - the hot path, written out in one function on purpose
+    def on_connect(  # noqa: PLR0911 - each way out says why the connection is not configured here
         self, sock: socket.socket, address: Any, default_adapter: str = "socket"
     ) -> None:
         """A TCP socket is about to connect to *address* (or has just, where a path connects in C).
@@ -485,22 +513,18 @@ class _Runtime:
         *default_adapter*, the adapter of the path itself (``socket`` for the stdlib
         class, ``gevent``, ``uvloop``). Never raises.
 
-        Every connection passes here, so the common case (no claim, the decision made
-        already, plain setsockopt triples) is written out in this one function: a type
-        check, the socket read (respect mode), one list index, the note, the writes and
-        the count, and no allocation but the note's. Anything else takes the general path.
+        The stdlib class's common case never gets here: its hook applies the table this
+        publishes (see _fast_path). What does: the first connection of each kind, claims,
+        decisions that need more than plain writes, and the paths that are not the stdlib
+        class's. A decision made already is one list index away; the rest is decided.
         *default_adapter* is keyword-only in the interface (``AdapterContext``) but not
         here: a keyword-only default is looked up by name at each call (~200 instructions
         per connection under callgrind), a positional one is not.
         """
         try:
-            native = isinstance(sock, _socket_class)
-            if native:
-                if _raw_type(sock) != _STREAM or _raw_family(sock) not in _TCP_FAMILIES:
-                    return
-            elif not_tcp_reason(sock) is not None:
+            if not_tcp_reason(sock) is not None:
                 return
-            if _CLAIM and _CLAIM[0].get() is not None:
+            if OPEN_CLAIMS[0] and _CLAIM[0].get() is not None:
                 self._on_claimed(sock, address, default_adapter)
                 return
             try:
@@ -512,7 +536,7 @@ class _Runtime:
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
             return
-        read, made, counts, kept, ledger = hot
+        read, made, _ = hot
         try:
             if read is None:
                 mask = 0  # override mode: every field is written, nothing to read
@@ -526,30 +550,7 @@ class _Runtime:
                     return
             found = made[mask]
             if found is not None:
-                decision, ops, note, counter = found
-                if ops is None or not native:
-                    self._carry_out(sock, default_adapter, found)
-                    return
-                fd = sock.fileno()
-                if fd >= 0:  # the ledger's note (kapatch.audit), as _ledger.note_made makes it
-                    try:
-                        ledger[fd] = (_weakref(sock), note)
-                    except TypeError:  # a bare _socket.socket takes no weak reference
-                        ledger[fd] = (None, note)
-                try:
-                    # sock.setsockopt each time, not bound once: a bound METH_VARARGS builtin has
-                    # no vectorcall, so each call through it builds its tuple the slow way (+680
-                    # instructions per connection under callgrind).
-                    for level, option, value in ops:
-                        sock.setsockopt(level, option, value)
-                except OSError:  # the general path says which option, and why (or: closed)
-                    self._carry_out(sock, default_adapter, found)
-                    return
-                next(counts[counter])  # a tally: no lock (one under it cost ~1.6k instructions here)
-                if decision.kept:
-                    with self._stats_lock:
-                        for name in decision.kept:
-                            kept[name] = kept.get(name, 0) + 1
+                self._carry_out(sock, default_adapter, found)
                 return
         except Exception as error:  # as in _configure: the connect goes on regardless
             self.record_failure(default_adapter, "configuring a socket", error)
@@ -586,13 +587,15 @@ class _Runtime:
 
         The socket read and the ledger's entries are in it: the hook reads them as locals.
         """
-        with self._stats_lock:
-            counts = self._tallies_of(adapter)
-            kept = self.kept.setdefault(adapter, {})
         made: list[_Made | None] = [None] * len(_respect._BY_MASK)
         read = None if self.config_for(adapter).mode is Mode.OVERRIDE else _respect.chosen_mask
-        found = (read, made, counts, kept, _ledger._ENTRIES)
+        table: Table = (read, [None] * len(made), _ledger._ENTRIES)
+        found = (read, made, table)
         self._hot[adapter] = found
+        with self._stats_lock:
+            cell = self._cells.get(adapter)
+        if cell is not None:
+            cell[0] = table
         return found
 
     def on_listen(self, sock: socket.socket) -> None:
@@ -673,7 +676,7 @@ class _Runtime:
         self.counts = {name: _tallies() for name in self.counts}
         self.kept = {}
         self.pool_counts = {}
-        self._hot = {}  # it holds the parent's counter dicts
+        self._forget_hot()  # it holds the parent's tallies
         self.logged = set()
 
 
@@ -712,8 +715,6 @@ _UNREADABLE = Decision("skip", reason="the socket cannot be read")
 
 
 _UNUSABLE_SOCKET = frozenset({errno.EBADF, errno.ENOTSOCK})
-_socket_class = _socket.socket
-_weakref = _weakref_module.ref
 
 
 def _tallies() -> dict[str, _Tally]:
@@ -727,9 +728,6 @@ def _read_tallies(tallies: dict[str, _Tally] | None) -> dict[str, int]:
     if tallies is None:
         return dict.fromkeys(COUNTERS, 0)
     return {name: int(repr(tally)[6:-1]) for name, tally in tallies.items()}
-
-
-_STREAM = _socket.SOCK_STREAM
 
 
 def apply_decided(sock: socket.socket, policy: Policy, kept: frozenset[str]) -> ApplyResult:
@@ -770,9 +768,11 @@ class _ClaimBlock:
 
     def __enter__(self) -> Claim:
         self._token = _CLAIM[0].set(self._record)
+        claim_opened()
         return self._record
 
     def __exit__(self, *_: object) -> None:
+        claim_closed()
         _CLAIM[0].reset(self._token)
 
 

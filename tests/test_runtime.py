@@ -42,6 +42,14 @@ def listener_v6() -> Iterator[tuple[str, int]]:
         server.close()
 
 
+@pytest.fixture
+def refusing_port() -> Iterator[tuple[str, int]]:
+    """A loopback port that refuses connections: bound, never listening."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[:2]
+
+
 def connect(address: tuple[str, int]) -> socket.socket:
     return socket.create_connection(address, timeout=5)
 
@@ -125,20 +133,17 @@ def test_install_is_thread_safe(listener):
     assert "connect" not in socket.socket.__dict__
 
 
-def test_counts_are_exact_under_threads():
-    """The connect path counts without a lock (a tally per counter): no count is lost when
+def test_counts_are_exact_under_threads(refusing_port):
+    """The connect hook counts without a lock (a tally per counter): no count is lost when
     threads switch as often as the interpreter lets them."""
-    from kapatch import runtime
-
     kapatch.install(profile="fast-failover", mode="override")
-    hook = runtime.context().on_connect
     switch = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
 
     def worker() -> None:
         for _ in range(500):
             with socket.socket() as sock:
-                hook(sock, ("127.0.0.1", 9))
+                sock.connect_ex(refusing_port)  # through the hook; refused at once, nothing to accept
 
     try:
         threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -467,3 +472,124 @@ def test_library_imported_after_install_is_patched_lazily():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "OK"
     assert "boom" in done.stderr  # logged, once
+
+
+# -- the stdlib hook's fast path (kapatch._fast_path): the table the runtime publishes -----
+
+
+def test_a_claim_after_the_table_is_published_is_still_the_claimers(listener, claimer):
+    kapatch.install(overrides={"socket": {"idle": "21s"}, claimer: {"idle": "13s"}})
+    with connect(listener) as first, connect(listener) as second:  # the table, then its use
+        assert kapatch.inspect(first).idle == kapatch.inspect(second).idle == 21
+    with runtime.claim(claimer, None, None, chosen=frozenset()):
+        claimed = connect(listener)
+    with claimed, connect(listener) as plain:
+        assert kapatch.inspect(claimed).idle == 13
+        assert kapatch.inspect(plain).idle == 21
+    assert kapatch.status().adapter(claimer).counts["configured"] == 1
+    assert kapatch.status().adapter("socket").counts["configured"] == 3
+
+
+def test_a_claim_open_in_another_thread_leaves_this_threads_connections_alone(listener, claimer):
+    from kapatch._fast_path import OPEN_CLAIMS
+
+    kapatch.install(overrides={"socket": {"idle": "21s"}, claimer: {"idle": "13s"}})
+    connect(listener).close()  # the table is published
+    opened, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with runtime.claim(claimer, None, None, chosen=frozenset()):
+            opened.set()
+            done.wait(timeout=30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert opened.wait(timeout=30)
+        assert OPEN_CLAIMS[0] == 1
+        with connect(listener) as sock:
+            assert kapatch.inspect(sock).idle == 21
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert OPEN_CLAIMS[0] == 0
+
+
+def test_the_open_claims_count_comes_back_down_when_the_block_raises(claimer):
+    from kapatch._fast_path import OPEN_CLAIMS
+
+    def library_call() -> None:
+        with runtime.claim(claimer, None, None):
+            assert OPEN_CLAIMS[0] == 1
+            raise ConnectionError("the library's own failure")
+
+    kapatch.install()
+    with pytest.raises(ConnectionError):
+        library_call()
+    assert OPEN_CLAIMS[0] == 0
+
+
+def test_a_write_refused_in_the_hook_is_logged_once_counted_and_the_connection_goes_on(listener, caplog):
+    # The table's writes come from _simple_ops: a value the kernel refuses (TCP_KEEPINTVL
+    # 40000, over Linux's 32767: EINVAL) reaches the hook's own loop, and the full path (here
+    # refused too) reports it. Another option than the test above's: warnings are once per
+    # process.
+    from kapatch._plan import Plan, SockOpt
+    from kapatch.sockopts import apply_plan
+
+    bad = Plan(
+        "linux",
+        FAST,
+        setsockopts=(SockOpt("TCP_KEEPINTVL", socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 40000, "interval"),),
+    )
+    kapatch.install(profile="fast-failover", mode="override")
+    real_apply, real_ops = runtime.apply_decided, runtime._simple_ops
+    runtime.apply_decided = lambda sock, policy, kept: apply_plan(sock, bad)  # type: ignore[assignment]
+    runtime._simple_ops = lambda decision: ((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 40000),)  # type: ignore[assignment]
+    try:
+        with caplog.at_level(logging.WARNING, logger="kapatch"):
+            sockets = [connect(listener) for _ in range(3)]  # the first decides; the others: the hook
+    finally:
+        runtime.apply_decided, runtime._simple_ops = real_apply, real_ops  # type: ignore[assignment]
+    for sock in sockets:
+        with sock:
+            assert kapatch.inspect(sock).interval != 40000
+            sock.sendall(b"x")
+    assert len([r for r in caplog.records if "TCP_KEEPINTVL" in r.getMessage()]) == 1
+    assert kapatch.status().adapter("socket").counts["failed"] == 3
+    assert kapatch.status().adapter("socket").counts["configured"] == 0
+
+
+def test_a_reinstall_replaces_the_published_table(listener):
+    kapatch.install(profile="aws", mode="override")
+    with connect(listener) as first, connect(listener) as second:
+        assert kapatch.inspect(first).idle == kapatch.inspect(second).idle == PROFILES["aws"].policy.idle
+    kapatch.install(profile="fast-failover", mode="override")
+    with connect(listener) as first, connect(listener) as second:
+        assert kapatch.inspect(first).mismatches(FAST) == kapatch.inspect(second).mismatches(FAST) == ()
+    assert kapatch.status().adapter("socket").counts["configured"] == 2
+    kapatch.uninstall()
+    with connect(listener) as sock:
+        assert not kapatch.inspect(sock).enabled
+
+
+def test_a_forked_child_counts_its_own_connections(listener):
+    """The parent's table holds the parent's tallies: a child decides afresh and counts its own."""
+    script = textwrap.dedent(f"""
+        import os, socket, kapatch
+        kapatch.install(profile="fast-failover", mode="override")
+        for _ in range(2):
+            socket.create_connection({listener!r}, timeout=5).close()
+        pid = os.fork()
+        if pid == 0:
+            with socket.create_connection({listener!r}, timeout=5) as sock:
+                idle = kapatch.inspect(sock).idle
+            counts = kapatch.status().adapter("socket").counts["configured"]
+            os._exit(0 if (idle, counts) == (10, 1) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's count or policy is wrong"
+        assert kapatch.status().adapter("socket").counts["configured"] == 2
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
