@@ -127,9 +127,7 @@ class _Runtime:
             self._uninstall_locked()
             self.generation += 1
             self.config = config
-            self._configs = {}
-            self._fast = {}
-            self._forget_hot()
+            self._forget_decisions()
             level = config.log_level  # set now if logging is loaded, else the moment it is
             self.import_hooks.when_imported("logging", lambda logging: _log.set_level(logging, level))
             if config.enabled:
@@ -267,9 +265,7 @@ class _Runtime:
         self._pending.clear()
         self.reasons.clear()
         self.config = None
-        self._configs = {}
-        self._fast = {}
-        self._forget_hot()
+        self._forget_decisions()
         self.generation += 1
 
     def status(self) -> Status:
@@ -312,7 +308,9 @@ class _Runtime:
             config = self.config
             found = (config or Config()).for_adapter(adapter)
             if config is not None:
-                self._configs[adapter] = found
+                with self._stats_lock:
+                    if self.config is config:  # see _forget_decisions
+                        self._configs[adapter] = found
         return found
 
     def decide(self, adapter: str, destination: Destination, *, chosen: frozenset[str]) -> Decision:
@@ -423,18 +421,23 @@ class _Runtime:
 
     def _decide_once(self, adapter: str, chosen: frozenset[str], destination: Destination) -> _Made:
         """Decide, and remember it for (adapter, chosen) where no rule can make it depend on more."""
+        config = self.config
         decision = self._decide(adapter, destination, chosen)
         ops = _simple_ops(decision)
         counter = _COUNTER_FOR[decision.action]
         found = (decision, ops, (adapter, decision.action, decision.kept), counter)
         if self._no_rule_for(adapter):
-            self._fast[(adapter, chosen)] = found
-            hot = self._hot.get(adapter)
+            plain = ops is not None and not decision.kept  # what the stdlib hook can do on its own
+            entry = self._entry(adapter, found) if plain else None
             mask = _respect.MASK_OF.get(chosen)
-            if hot is not None and mask is not None:
-                hot[1][mask] = found
-                if ops is not None and not decision.kept:  # what the hook can do on its own
-                    hot[2][1][mask] = self._entry(adapter, found)
+            with self._stats_lock:
+                if self.config is not config:  # reinstalled meanwhile: this connection's alone
+                    return found
+                self._fast[(adapter, chosen)] = found
+                hot = self._hot.get(adapter)
+                if hot is not None and mask is not None:
+                    hot[1][mask] = found
+                    hot[2][1][mask] = entry
         return found
 
     def _entry(self, adapter: str, made: _Made) -> Entry:
@@ -459,11 +462,20 @@ class _Runtime:
         with self._stats_lock:
             return self._cells.setdefault(adapter, [None])
 
-    def _forget_hot(self) -> None:
-        """Decisions made under the old configuration (or the parent's tallies) go."""
-        self._hot = {}
-        for cell in self._cells.values():
-            cell[0] = None
+    def _forget_decisions(self) -> None:
+        """Drop what was decided under the configuration just replaced (or with a forked
+        parent's tallies); called after ``self.config`` changed.
+
+        A connection in another thread may be deciding under the old configuration as this
+        runs: each cache checks, under the same lock, that ``self.config`` is still the one
+        it decided under before it keeps anything, so nothing stale outlives this.
+        """
+        with self._stats_lock:
+            self._configs = {}
+            self._fast = {}
+            self._hot = {}
+            for cell in self._cells.values():
+                cell[0] = None
 
     def _no_rule_for(self, adapter: str) -> bool:
         """Whether no rule of the configuration can apply to *adapter*'s connections."""
@@ -587,15 +599,17 @@ class _Runtime:
 
         The socket read and the ledger's entries are in it: the hook reads them as locals.
         """
+        config = self.config
         made: list[_Made | None] = [None] * len(_respect._BY_MASK)
         read = None if self.config_for(adapter).mode is Mode.OVERRIDE else _respect.chosen_mask
         table: Table = (read, [None] * len(made), _ledger._ENTRIES)
         found = (read, made, table)
-        self._hot[adapter] = found
         with self._stats_lock:
-            cell = self._cells.get(adapter)
-        if cell is not None:
-            cell[0] = table
+            if self.config is config:  # see _forget_decisions
+                self._hot[adapter] = found
+                cell = self._cells.get(adapter)
+                if cell is not None:
+                    cell[0] = table
         return found
 
     def on_listen(self, sock: socket.socket) -> None:
@@ -676,7 +690,7 @@ class _Runtime:
         self.counts = {name: _tallies() for name in self.counts}
         self.kept = {}
         self.pool_counts = {}
-        self._forget_hot()  # it holds the parent's tallies
+        self._forget_decisions()  # the tables hold the parent's tallies
         self.logged = set()
 
 

@@ -593,3 +593,28 @@ def test_a_forked_child_counts_its_own_connections(listener):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_reinstall_while_a_connection_decides_leaves_no_stale_decision(listener, monkeypatch):
+    """Another thread reinstalls while this one decides under the old configuration: that
+    connection may carry the old policy, the ones after it carry the new one."""
+    kapatch.install(profile="aws", mode="override")
+    runtime_class = type(runtime.context())
+    decide, reinstalled = runtime_class._decide, []
+
+    def decide_then_reinstall(self: object, *args: object) -> object:
+        decision = decide(self, *args)  # type: ignore[arg-type]
+        if not reinstalled:
+            reinstalled.append(True)
+            settings = {"profile": "fast-failover", "mode": "override"}
+            other = threading.Thread(target=kapatch.install, kwargs=settings)
+            other.start()
+            other.join(timeout=30)
+        return decision
+
+    monkeypatch.setattr(runtime_class, "_decide", decide_then_reinstall)
+    with connect(listener) as in_flight, connect(listener) as first, connect(listener) as second:
+        assert reinstalled
+        assert kapatch.inspect(in_flight).idle == PROFILES["aws"].policy.idle
+        assert kapatch.inspect(first).mismatches(FAST) == ()
+        assert kapatch.inspect(second).mismatches(FAST) == ()
