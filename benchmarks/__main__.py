@@ -151,7 +151,7 @@ def print_table(result: dict[str, object]) -> None:
     assert isinstance(counts, dict)
     if counts:
         bare = counts["bare"]
-        print("callgrind, instructions per connection beyond socket() + close():")
+        print("callgrind, instructions per connection beyond socket(), connect(), accept(), close():")
         for name, label in callgrind.VARIANTS.items():
             if name != "bare":
                 print(f"  {label:36s} {counts[name] - bare:8.0f}")

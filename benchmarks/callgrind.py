@@ -4,13 +4,15 @@
 
 Each variant runs in a child under ``valgrind --tool=callgrind`` twice, with two loop
 counts; the difference of the two totals over the difference of the counts is the cost
-of one iteration, with interpreter start and set-up cancelled out. Variants: the five
-``setsockopt`` calls written by hand; the floor (``benchmarks.floor``: a hand-written hook
-that checks for TCP and writes) and the floor plus, one at a time, what kapatch keeps per
-connection; and kapatch's connect hook (the listener the ``socket.socket.connect`` hook
-calls), all on a fresh, unconnected socket per iteration, kapatch in respect mode (it
-reads the socket first) and override mode. ``ACCOUNT`` names the differences. Socket creation and close
-are in every variant alike, and cancel out in the "over hand-written" figure.
+of one iteration, with interpreter start and set-up cancelled out. Each iteration is a
+real loopback connection: ``socket()``, ``connect()`` (through the hook, where one is
+installed), ``accept()`` and both ``close()``; the kernel's work is not counted, the
+user-space work is the same in every variant and cancels out in each difference.
+Variants: nothing; the five ``setsockopt`` calls written by hand (and respect mode's reads
+and writes, by hand); the floor (``benchmarks.floor``: a hand-written hook that checks for
+TCP and writes) and the floor plus, one at a time, what kapatch keeps per connection; and
+kapatch installed, in respect mode (it reads the socket first) and override mode.
+``ACCOUNT`` names the differences.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ LOW, HIGH = 200, 1200
 _CHILD = """
 import socket, sys
 variant, count = sys.argv[1], int(sys.argv[2])
-address = ("127.0.0.1", 9)
+server = socket.create_server(("127.0.0.1", 0), backlog=64)
+address = server.getsockname()
+prepare = None
 if variant == "hand":
-    def run(sock):
+    def prepare(sock):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
@@ -39,30 +43,29 @@ if variant == "hand":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 110_000)
 elif variant == "hand_respect":
     from benchmarks.connect import _read_chosen, _write_unchosen
-    def run(sock):
+    def prepare(sock):
         _write_unchosen(sock, _read_chosen(sock))
-elif variant == "bare":
-    def run(sock):
-        pass
 elif variant in ("floor_hook", "noted", "counted"):
     from benchmarks import floor
-    hook = getattr(floor, variant)
-    def run(sock):
-        hook(sock, address)
-else:
+    installed = floor.installed(getattr(floor, variant))
+    installed.__enter__()
+elif variant != "bare":
     import kapatch
-    from kapatch import runtime
     kapatch.install(profile="balanced", mode=variant)
-    hook = runtime.context().on_connect
-    def run(sock):
-        hook(sock, address)
+def once():
+    sock = socket.socket()
+    if prepare is not None:
+        prepare(sock)
+    sock.connect(address)
+    server.accept()[0].close()
+    sock.close()
 for _ in range(3):  # warm: the first connection decides and caches
-    s = socket.socket(); run(s); s.close()
+    once()
 for _ in range(count):
-    s = socket.socket(); run(s); s.close()
+    once()
 """
 
-VARIANTS = {"bare": "socket() + close() only", "hand": "5 setsockopt by hand",
+VARIANTS = {"bare": "socket(), connect(), accept(), close()", "hand": "5 setsockopt by hand",
             "hand_respect": "5 getsockopt + 5 setsockopt by hand", "floor_hook": "floor: TCP check + writes",
             "noted": "floor + the ledger's note", "counted": "floor + note + count",
             "respect": "kapatch hook, respect mode", "override": "kapatch hook, override mode"}  # fmt: skip
@@ -71,7 +74,7 @@ ACCOUNT = (
     ("a hook's frame, the TCP check, the loop over the writes", "hand", "floor_hook"),
     ("the ledger's note (fd -> weak reference, note)", "floor_hook", "noted"),
     ("the count (next() on an itertools.count)", "noted", "counted"),
-    ("kapatch's decision lookup, claim check, error handling", "counted", "override"),
+    ("kapatch's table lookup, claim check, error handling", "counted", "override"),
 )
 """kapatch's override hook, instruction by instruction: (what, from variant, to variant)."""
 
@@ -96,7 +99,7 @@ def _instructions(variant: str, count: int, work: str) -> int:
 
 
 def measure() -> dict[str, float]:
-    """Instructions per iteration of each variant (socket() + close() included)."""
+    """Instructions per iteration of each variant (the connection itself included)."""
     if shutil.which("valgrind") is None:
         return {}
     with tempfile.TemporaryDirectory(prefix="kapatch-callgrind-") as work:
@@ -152,7 +155,7 @@ def main() -> None:
     bare = found["bare"]
     print(f"instructions per iteration (callgrind, {HIGH} - {LOW} iterations):")
     for name, label in VARIANTS.items():
-        print(f"  {label:36s} {found[name]:9.0f}   {found[name] - bare:8.0f} over socket() + close()")
+        print(f"  {label:36s} {found[name]:9.0f}   {found[name] - bare:8.0f} over the bare connection")
     print_account(found)
     print("instructions per interpreter start (callgrind), kapatch disabled -> enabled:")
     for name, counts in measure_startup().items():
@@ -166,7 +169,7 @@ def print_account(found: dict[str, float]) -> None:
     print("kapatch's hook (override), instruction by instruction (callgrind, per connection):")
     for what, start, end in ACCOUNT:
         print(f"  {what:58s} {found[end] - found[start]:+8.0f}")
-    print(f"  {'total, over socket() + close()':58s} {found['override'] - found['bare']:8.0f}")
+    print(f"  {'total, over the bare connection':58s} {found['override'] - found['bare']:8.0f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import _socket
 import _weakref
 import itertools
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -71,12 +71,13 @@ def counted(sock: Any, address: object) -> None:
 
 
 @contextmanager
-def installed() -> Iterator[None]:
-    """:func:`floor_hook` around ``socket.socket.connect`` (a plain function, as kapatch's is)."""
+def installed(hook: Callable[[Any, object], None] = floor_hook) -> Iterator[None]:
+    """*hook* (:func:`floor_hook`, or :func:`noted`, :func:`counted`) around
+    ``socket.socket.connect``, in a plain function, as kapatch's is."""
     original = _socket.socket.connect
 
     def connect(sock: Any, address: Any) -> Any:
-        floor_hook(sock, address)
+        hook(sock, address)
         return original(sock, address)
 
     socket.socket.connect = connect  # type: ignore[method-assign]
