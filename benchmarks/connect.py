@@ -6,7 +6,7 @@ kapatch runs once per connection, at connect(). This measures that once on real
 loopback connections (socket() + connect() + close(), the same path for every
 variant) in one process, rounds interleaved, and prints ratios against the baseline.
 Each round installs kapatch afresh, and kapatch decides at the first connection after an
-install (once per configuration, ~30 us): every variant's round starts with one connection
+install (once per configuration, ~65 us here): every variant's round starts with one connection
 outside the timing, and that first connection is reported on its own.
 The server accepts in a child process: an accept thread in this process would share
 its GIL and turn the measurement into one of thread hand-offs.

@@ -77,7 +77,9 @@ def stdlib_socket_class() -> type[socket.socket]:
 
 
 class _Hook:
-    """One installed method: calls the listener, then the original; inert once removed."""
+    """One installed method, then the original; inert once removed. ``listen`` calls the
+    listener; ``connect`` applies the listener's published table itself and calls it for the
+    rest (see _fast_path)."""
 
     __slots__ = ("active", "function", "saved")
 

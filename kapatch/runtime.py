@@ -29,7 +29,7 @@ TYPE_CHECKING = False  # typing costs ~7 ms at interpreter start; type checkers 
 if TYPE_CHECKING:
     import contextvars
     import socket
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
     from types import ModuleType
     from typing import Any, TypeAlias
 
@@ -49,11 +49,10 @@ if TYPE_CHECKING:
     # A decision as the connect hook uses it: (decision, its options or None, the ledger's
     # note, the counter it adds to).
     _Made: TypeAlias = tuple[Decision, _Ops | None, Note, str]
-    # Per adapter: (its sockets' read, which returns the chosen fields' mask: respect mode,
-    # or None: override mode; the decision per chosen mask or None until made; the table
-    # published to the stdlib connect hook, see _fast_path).
+    # Per adapter: (the decision per chosen mask or None until made; the table published to
+    # the stdlib connect hook, see _fast_path, whose first item is the sockets' read).
     _Tally: TypeAlias = _itertools.count[int]
-    _Hot: TypeAlias = tuple[Callable[[Any], int] | None, list[_Made | None], Table]
+    _Hot: TypeAlias = tuple[list[_Made | None], Table]
 
 __all__ = ["claim", "current_config", "install", "status", "uninstall"]
 
@@ -436,8 +435,9 @@ class _Runtime:
                 self._fast[(adapter, chosen)] = found
                 hot = self._hot.get(adapter)
                 if hot is not None and mask is not None:
-                    hot[1][mask] = found
-                    hot[2][1][mask] = entry
+                    made, (_, entries, _) = hot
+                    made[mask] = found
+                    entries[mask] = entry
         return found
 
     def _entry(self, adapter: str, made: _Made) -> Entry:
@@ -548,7 +548,7 @@ class _Runtime:
         except Exception as error:
             self.record_failure(default_adapter, "connect hook", error)
             return
-        read, made, _ = hot
+        made, (read, _, _) = hot
         try:
             if read is None:
                 mask = 0  # override mode: every field is written, nothing to read
@@ -595,15 +595,15 @@ class _Runtime:
         owner.decisions.append(decision)
 
     def _hot_for(self, adapter: str) -> _Hot:
-        """The connect hook's table for *adapter*, made on its first unclaimed connection.
-
-        The socket read and the ledger's entries are in it: the hook reads them as locals.
+        """*adapter*'s decisions by mask and the table published to its connect hook (the
+        socket read, the entries the hook applies, the ledger), made on its first unclaimed
+        connection and filled as decisions are made (:meth:`_decide_once`).
         """
         config = self.config
         made: list[_Made | None] = [None] * len(_respect._BY_MASK)
         read = None if self.config_for(adapter).mode is Mode.OVERRIDE else _respect.chosen_mask
         table: Table = (read, [None] * len(made), _ledger._ENTRIES)
-        found = (read, made, table)
+        found = (made, table)
         with self._stats_lock:
             if self.config is config:  # see _forget_decisions
                 self._hot[adapter] = found
