@@ -109,8 +109,21 @@ def client_sockets(port: int) -> list[KeepaliveState]:
     return found
 
 
+def no_client_sockets(port: int, within: float = 5.0) -> None:
+    """Wait until no socket of this process is connected to *port*.
+
+    gRPC core closes a closed channel's sockets on its own threads, a moment later;
+    reading sockets before that would count the last channel's too.
+    """
+    deadline = time.monotonic() + within
+    while client_sockets(port):
+        assert time.monotonic() < deadline, f"sockets to port {port} still open after {within} s"
+        time.sleep(0.01)
+
+
 def channel_state(port: int, options: Any = None, target: str | None = None) -> KeepaliveState:
     """Open a channel, make one call, read its socket's options; closes the channel."""
+    no_client_sockets(port)
     with grpc.insecure_channel(target or f"127.0.0.1:{port}", options=options) as channel:
         assert call(channel) == b"done:0"
         (state,) = client_sockets(port)
@@ -192,6 +205,7 @@ def test_sync_channel_gets_the_policy(install: Install, grpc_port: int) -> None:
 
 async def test_aio_channel_gets_the_policy(install: Install, grpc_port: int) -> None:
     install(environ=ENV)
+    no_client_sockets(grpc_port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = channel.unary_unary("/t.T/Wait", request_serializer=identity, response_deserializer=identity)
         assert await stub(b"0") == b"done:0"
@@ -306,6 +320,7 @@ def test_pings_at_one_second_make_a_default_server_fail_a_quiet_call(
 def test_the_floor_keeps_a_default_server_happy(install: Install, grpc_port: int) -> None:
     """The process-wide idle (1 s) is not gRPC-specific: PINGs no sooner than the server minimum."""
     install(environ={"KAPATCH_IDLE": "1s", "KAPATCH_INTERVAL": "1s", "KAPATCH_COUNT": "2"})
+    no_client_sockets(grpc_port)
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         assert call(channel, 5) == b"done:5"
         (state,) = client_sockets(grpc_port)
@@ -354,12 +369,14 @@ def test_imported_after_install(grpc_port: int) -> None:
         print(json.dumps({{"waiting": kapatch.status().adapter("grpc").reason}}))
         import grpc, grpc.aio
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_adapter_grpc import call, client_sockets, identity as id_
+        from test_adapter_grpc import call, client_sockets, identity as id_, no_client_sockets
 
         out = {{}}
+        no_client_sockets({grpc_port})
         with grpc.insecure_channel("127.0.0.1:{grpc_port}") as channel:
             call(channel)
             out["sync"] = [s.user_timeout_ms for s in client_sockets({grpc_port})]
+        no_client_sockets({grpc_port})
         async def main():
             async with grpc.aio.insecure_channel("127.0.0.1:{grpc_port}") as channel:
                 stub = channel.unary_unary("/t.T/Wait", request_serializer=id_, response_deserializer=id_)
