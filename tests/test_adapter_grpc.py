@@ -86,7 +86,11 @@ def call(channel: grpc.Channel, seconds: float = 0) -> bytes:
 
 
 def client_sockets(port: int) -> list[KeepaliveState]:
-    """The keepalive options of this process's TCP sockets connected to *port*, read from the kernel."""
+    """The keepalive options of this process's TCP sockets connected to *port*, read from the kernel.
+
+    Matched on the port alone: gRPC core connects from AF_INET6 sockets to v4-mapped
+    addresses (``::ffff:127.0.0.1``), which ``servers.sockets_connected_to`` would miss.
+    """
     found = []
     for name in os.listdir("/proc/self/fd"):
         try:
