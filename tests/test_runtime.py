@@ -371,33 +371,39 @@ def test_host_glob_rule_matches_the_name_a_library_claimed(listener, claimer):
         assert kapatch.inspect(sock).enabled
 
 
-def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(listener, caplog):
-    # Policy validation keeps every value within the kernel's limits, so a real refusal needs a
-    # hand-built plan: the kernel refuses TCP_KEEPCNT 500 with EINVAL.
+def refuse_every_write(monkeypatch, name: str, value: int, field: str, *, in_hook: bool):
+    """Make every decision write TCP option *name* = *value*, which the kernel refuses.
+
+    Policy validation keeps every value within the kernel's limits, so a real refusal needs
+    a hand-built plan. *in_hook*: the published table carries the write too, so the stdlib
+    hook's own loop meets the refusal; otherwise only the full path writes. Warnings are
+    once per process: each test refuses another option.
+    """
     from kapatch._plan import Plan, SockOpt
     from kapatch.sockopts import apply_plan
 
-    bad = Plan(
-        "linux",
-        FAST,
-        setsockopts=(SockOpt("TCP_KEEPCNT", socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 500, "count"),),
-    )
+    option = getattr(socket, name)
+    bad = Plan("linux", FAST, setsockopts=(SockOpt(name, socket.IPPROTO_TCP, option, value, field),))
+    ops = ((socket.IPPROTO_TCP, option, value),) if in_hook else None
+    monkeypatch.setattr(runtime, "apply_decided", lambda sock, policy, kept: apply_plan(sock, bad))
+    monkeypatch.setattr(runtime, "_simple_ops", lambda decision: ops)
+    return bad
+
+
+def test_a_refused_option_is_logged_once_counted_and_the_connection_goes_on(listener, caplog, monkeypatch):
+    from kapatch.sockopts import apply_plan
+
+    kapatch.install(profile="fast-failover")
+    bad = refuse_every_write(monkeypatch, "TCP_KEEPCNT", 500, "count", in_hook=False)  # EINVAL
     with socket.socket() as sock:
         result = apply_plan(sock, bad)
     assert not result.ok and result.failed[0][0] == "TCP_KEEPCNT"
 
-    kapatch.install(profile="fast-failover")
-    real_apply, real_ops = runtime.apply_decided, runtime._simple_ops
-    runtime.apply_decided = lambda sock, policy, kept: apply_plan(sock, bad)  # type: ignore[assignment]
-    runtime._simple_ops = lambda decision: None  # type: ignore[assignment]  # the full path
-    try:
-        with caplog.at_level(logging.WARNING, logger="kapatch"):
-            first, second = connect(listener), connect(listener)
-        with first, second:
-            assert kapatch.inspect(first).count != 500  # refused, and the connection is up
-            first.sendall(b"x")
-    finally:
-        runtime.apply_decided, runtime._simple_ops = real_apply, real_ops  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="kapatch"):
+        first, second = connect(listener), connect(listener)
+    with first, second:
+        assert kapatch.inspect(first).count != 500  # refused, and the connection is up
+        first.sendall(b"x")
     warnings = [r for r in caplog.records if "TCP_KEEPCNT" in r.getMessage()]
     assert len(warnings) == 1
     assert kapatch.status().adapter("socket").counts["failed"] == 2
@@ -529,28 +535,15 @@ def test_the_open_claims_count_comes_back_down_when_the_block_raises(claimer):
     assert OPEN_CLAIMS[0] == 0
 
 
-def test_a_write_refused_in_the_hook_is_logged_once_counted_and_the_connection_goes_on(listener, caplog):
-    # The table's writes come from _simple_ops: a value the kernel refuses (TCP_KEEPINTVL
-    # 40000, over Linux's 32767: EINVAL) reaches the hook's own loop, and the full path (here
-    # refused too) reports it. Another option than the test above's: warnings are once per
-    # process.
-    from kapatch._plan import Plan, SockOpt
-    from kapatch.sockopts import apply_plan
-
-    bad = Plan(
-        "linux",
-        FAST,
-        setsockopts=(SockOpt("TCP_KEEPINTVL", socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 40000, "interval"),),
-    )
+def test_a_write_refused_in_the_hook_is_logged_once_counted_and_the_connection_goes_on(
+    listener, caplog, monkeypatch
+):
+    # TCP_KEEPINTVL 40000 is over Linux's 32767 (EINVAL): the hook's own loop meets the
+    # refusal, and the full path (refused too) reports it.
     kapatch.install(profile="fast-failover", mode="override")
-    real_apply, real_ops = runtime.apply_decided, runtime._simple_ops
-    runtime.apply_decided = lambda sock, policy, kept: apply_plan(sock, bad)  # type: ignore[assignment]
-    runtime._simple_ops = lambda decision: ((socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 40000),)  # type: ignore[assignment]
-    try:
-        with caplog.at_level(logging.WARNING, logger="kapatch"):
-            sockets = [connect(listener) for _ in range(3)]  # the first decides; the others: the hook
-    finally:
-        runtime.apply_decided, runtime._simple_ops = real_apply, real_ops  # type: ignore[assignment]
+    refuse_every_write(monkeypatch, "TCP_KEEPINTVL", 40000, "interval", in_hook=True)
+    with caplog.at_level(logging.WARNING, logger="kapatch"):
+        sockets = [connect(listener) for _ in range(3)]  # the first decides; the others: the hook
     for sock in sockets:
         with sock:
             assert kapatch.inspect(sock).interval != 40000
